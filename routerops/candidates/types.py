@@ -1,0 +1,100 @@
+"""Typed results and the backend protocol shared by every way of calling a candidate."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from routerops.pool import Candidate
+
+__all__ = [
+    "CallContext",
+    "CallResult",
+    "CandidateBackend",
+    "CandidateFailure",
+    "CandidateReply",
+    "FailureKind",
+    "QuestionInfo",
+    "candidate_messages",
+]
+
+# Our wording of the instruction each candidate receives with the router's sub-question.
+HELPER_INSTRUCTION = (
+    "You are one of several assistants working together on a question. Reply to the request "
+    "below as directly as you can. If you cannot answer it fully, give the facts or context "
+    "that would help someone else answer it. Keep your reply short."
+)
+
+
+def candidate_messages(query: str) -> list[dict[str, str]]:
+    """The single user message sent to a candidate (Router-R1: instruction + sub-question)."""
+    return [{"role": "user", "content": f"{HELPER_INSTRUCTION}\n\nRequest: {query.strip()}"}]
+
+
+class FailureKind(str, enum.Enum):
+    CONNECT = "connect"            # could not connect / connection dropped
+    TIMEOUT = "timeout"            # connect or read timeout, after all retries
+    HTTP_STATUS = "http_status"    # non-retryable 4xx, or retryable status after all retries
+    MALFORMED = "malformed"        # 2xx with a body that is not an OpenAI chat completion
+    BUDGET = "budget"              # refused before calling: request or run budget spent
+    NOT_CONFIGURED = "not_configured"  # endpoint env vars missing
+
+
+@dataclass(frozen=True)
+class QuestionInfo:
+    """The user question an episode answers; the replay pool keys correctness on it."""
+
+    id: str
+    text: str
+    data_source: str = "unknown"
+    golden_answers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CandidateReply:
+    model: str                 # pool name of the candidate
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    attempts: int = 1
+    usage_estimated: bool = False  # True when the server sent no usage and we counted locally
+    origin: str = "http"           # http | cache | replay:recorded | replay:prior
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class CandidateFailure:
+    model: str
+    kind: FailureKind
+    status: int | None
+    attempts: int
+    detail: str
+    latency_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return False
+
+
+CallResult = CandidateReply | CandidateFailure
+
+
+@dataclass
+class CallContext:
+    """Per-call context: the episode's question and the budget the call is charged to."""
+
+    question: QuestionInfo | None = None
+    budget: object | None = None  # routerops.candidates.budget.RequestBudget
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class CandidateBackend(Protocol):
+    """Anything that answers a sub-question as a candidate: HTTP, replay, cache wrapper."""
+
+    async def call(self, candidate: Candidate, query: str, context: CallContext | None = None) -> CallResult: ...
