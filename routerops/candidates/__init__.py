@@ -1,0 +1,51 @@
+"""Calling candidate models: typed results, budgets, the HTTP client and the reply cache."""
+
+from routerops.candidates.budget import Budget, RequestBudget, RunBudget
+from routerops.candidates.cache import CachedBackend, CachedEntry, ResponseCache, cache_key, cost_of_cached
+from routerops.candidates.client import (
+    ClientConfig,
+    OpenAIChatClient,
+    TokenCounter,
+    approx_token_count,
+    estimate_prompt_tokens,
+    parse_retry_after,
+    request_body,
+)
+from routerops.candidates.types import (
+    CallContext,
+    CallResult,
+    CandidateBackend,
+    CandidateFailure,
+    CandidateReply,
+    FailureKind,
+    QuestionInfo,
+    candidate_messages,
+)
+
+# --- replay pool (added separately): from routerops.candidates.replay import ReplayPool ---
+
+__all__ = [
+    "Budget",
+    "CachedBackend",
+    "CachedEntry",
+    "CallContext",
+    "CallResult",
+    "CandidateBackend",
+    "CandidateFailure",
+    "CandidateReply",
+    "ClientConfig",
+    "FailureKind",
+    "OpenAIChatClient",
+    "QuestionInfo",
+    "RequestBudget",
+    "ResponseCache",
+    "RunBudget",
+    "TokenCounter",
+    "approx_token_count",
+    "cache_key",
+    "candidate_messages",
+    "cost_of_cached",
+    "estimate_prompt_tokens",
+    "parse_retry_after",
+    "request_body",
+]

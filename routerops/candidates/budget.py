@@ -1,0 +1,160 @@
+"""Dollar budgets for candidate calls: one per run, one per request (episode), nestable.
+
+Policy: a call is refused once what has already been spent reaches the limit (spent >= limit).
+We do not predict what a call will cost before making it: the completion length is unknown until
+the reply arrives, and a pessimistic guess (max_tokens x price) would refuse calls that in
+practice cost a few percent of that. The consequence is bounded overshoot: the call that crosses
+the limit is allowed, and so is every call already in flight when it crosses, so a budget can end
+above its limit by at most (calls in flight) x (cost of one call at max_tokens).
+
+Both classes guard their totals with a `threading.Lock`. No method awaits while holding it, so
+the same lock serves asyncio tasks on one loop and threads alike.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Budget", "RequestBudget", "RunBudget"]
+
+
+@runtime_checkable
+class Budget(Protocol):
+    """What a backend needs from `CallContext.budget`."""
+
+    def check(self) -> str | None: ...
+
+    def charge(self, usd: float) -> None: ...
+
+
+def _validate_limit(limit_usd: float | None) -> float | None:
+    if limit_usd is None:
+        return None
+    limit = float(limit_usd)
+    if math.isnan(limit) or limit < 0:
+        raise ValueError(f"budget limit must be None (unlimited) or a number >= 0, got {limit_usd!r}")
+    return limit
+
+
+def _validate_charge(usd: float) -> float:
+    amount = float(usd)
+    if not math.isfinite(amount) or amount < 0:
+        raise ValueError(f"a charge must be a finite number >= 0, got {usd!r}")
+    return amount
+
+
+class RunBudget:
+    """Total spend of one run (training job, evaluation, replay session)."""
+
+    def __init__(self, limit_usd: float | None) -> None:
+        self._limit = _validate_limit(limit_usd)
+        self._spent = 0.0
+        self._calls = 0
+        self._refusals = 0
+        self._lock = threading.Lock()
+
+    @property
+    def limit_usd(self) -> float | None:
+        return self._limit
+
+    @property
+    def spent_usd(self) -> float:
+        with self._lock:
+            return self._spent
+
+    @property
+    def calls(self) -> int:
+        """Number of charges recorded (successful, paid calls)."""
+        with self._lock:
+            return self._calls
+
+    @property
+    def refusals(self) -> int:
+        """Number of `check()` calls that refused."""
+        with self._lock:
+            return self._refusals
+
+    @property
+    def remaining_usd(self) -> float | None:
+        """None when unlimited; never negative, even after overshoot."""
+        if self._limit is None:
+            return None
+        with self._lock:
+            return max(0.0, self._limit - self._spent)
+
+    def check(self) -> str | None:
+        """Why a new call must be refused, or None if it may go ahead."""
+        if self._limit is None:
+            return None
+        with self._lock:
+            if self._spent >= self._limit:
+                self._refusals += 1
+                return f"run budget spent: ${self._spent:.6f} of ${self._limit:.6f}"
+        return None
+
+    def charge(self, usd: float) -> None:
+        amount = _validate_charge(usd)
+        with self._lock:
+            self._spent += amount
+            self._calls += 1
+
+    def __repr__(self) -> str:
+        return f"RunBudget(limit_usd={self._limit!r}, spent_usd={self.spent_usd:.6f})"
+
+
+class RequestBudget:
+    """Spend of one request (one routed question); also charges the run budget it belongs to."""
+
+    def __init__(self, limit_usd: float | None, run: RunBudget | None = None) -> None:
+        self._limit = _validate_limit(limit_usd)
+        self.run = run
+        self._spent = 0.0
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    @property
+    def limit_usd(self) -> float | None:
+        return self._limit
+
+    @property
+    def spent_usd(self) -> float:
+        with self._lock:
+            return self._spent
+
+    @property
+    def calls(self) -> int:
+        with self._lock:
+            return self._calls
+
+    @property
+    def remaining_usd(self) -> float | None:
+        """The tighter of this request's and the run's remaining dollars (None when both unlimited)."""
+        mine: float | None = None
+        if self._limit is not None:
+            with self._lock:
+                mine = max(0.0, self._limit - self._spent)
+        theirs = self.run.remaining_usd if self.run is not None else None
+        if mine is None:
+            return theirs
+        return mine if theirs is None else min(mine, theirs)
+
+    def check(self) -> str | None:
+        """The request's own limit is checked first, so the reason names the tighter scope."""
+        if self._limit is not None:
+            with self._lock:
+                if self._spent >= self._limit:
+                    return f"request budget spent: ${self._spent:.6f} of ${self._limit:.6f}"
+        return self.run.check() if self.run is not None else None
+
+    def charge(self, usd: float) -> None:
+        amount = _validate_charge(usd)
+        with self._lock:
+            self._spent += amount
+            self._calls += 1
+        if self.run is not None:
+            self.run.charge(amount)
+
+    def __repr__(self) -> str:
+        return f"RequestBudget(limit_usd={self._limit!r}, spent_usd={self.spent_usd:.6f}, run={self.run!r})"

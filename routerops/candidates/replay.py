@@ -1,0 +1,210 @@
+"""Offline replay pool: candidate replies without a network, grounded in measured quality.
+
+For a (model, question) pair found in the real quality matrix (../shared/data/pool/, nine
+NIM-served models scored per question) the reply is correct exactly when the recorded score is
+>= 0.5 (NQ/TriviaQA rows there are F1-style, mostly 0 or 1). Otherwise correctness is drawn
+from the candidate's per-source prior in pool.yaml, deterministically from a hash of
+(model, question, seed). Correctness is keyed on the episode's question, not the router's
+sub-question: the sub-question is the router's paraphrase of the same need.
+
+A correct reply states a gold alias in a sentence; a wrong one states another answer of the
+same source or declines. Completion tokens follow the candidate's mean (Router-R1's implied
+tokens per call) with deterministic +/-25 % jitter, so cost is realistic even though the reply
+text is one sentence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from routerops.candidates.types import (
+    CallContext,
+    CallResult,
+    CandidateFailure,
+    CandidateReply,
+    FailureKind,
+    QuestionInfo,
+    candidate_messages,
+)
+from routerops.pool import Candidate
+
+__all__ = ["QualityMatrix", "ReplayPool", "ReplayStats", "question_key"]
+
+# The matrix's task names for the sources this project uses.
+_TASK_TO_SOURCE = {"natural_qa": "nq", "trivia_qa": "triviaqa"}
+CORRECT_THRESHOLD = 0.5
+
+_CORRECT_TEMPLATES = (
+    "The answer is {a}.",
+    "It is {a}.",
+    "That would be {a}.",
+    "As far as I know, the answer is {a}.",
+    "{a} is the answer.",
+)
+_WRONG_TEMPLATES = (
+    "The answer is {a}.",
+    "I believe it is {a}.",
+    "It is most likely {a}.",
+)
+_DECLINES = (
+    "I am not certain about this and cannot give a reliable answer.",
+    "I do not have enough information to answer that.",
+)
+
+
+def question_key(text: str) -> str:
+    """Matching key for questions across files: case- and space-folded, no trailing '?'."""
+    return " ".join(text.split()).casefold().rstrip("?").strip()
+
+
+def _unit(*parts: object) -> float:
+    """A deterministic number in [0, 1) from the parts (SHA-256, first 8 bytes)."""
+    h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+@dataclass(frozen=True)
+class QualityMatrix:
+    """Recorded correctness per (matrix model, question key), and each question's source."""
+
+    scores: Mapping[str, Mapping[str, float]]
+    sources: Mapping[str, str]
+    questions: Mapping[str, QuestionInfo]  # the matrix's own questions with their gold answer
+
+    @classmethod
+    def load(cls, pool_dir: str | Path) -> QualityMatrix:
+        d = Path(pool_dir)
+        task_of: dict[str, str] = {}
+        infos: dict[str, QuestionInfo] = {}
+        for split in ("train", "test"):
+            path = d / f"llmrouter_queries_{split}.jsonl"
+            with path.open(encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, 1):
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+                    source = _TASK_TO_SOURCE.get(row.get("task_name", ""))
+                    if source:
+                        key = question_key(row["query"])
+                        task_of[key] = source
+                        infos[key] = QuestionInfo(f"llmrouter-{split}-{lineno}", row["query"], source,
+                                                  (str(row["ground_truth"]),))
+        scores: dict[str, dict[str, float]] = {}
+        for split in ("train", "test"):
+            path = d / f"llmrouter_quality_{split}.json"
+            for row in json.loads(path.read_text(encoding="utf-8")):
+                key = question_key(row["question"])
+                if key in task_of:
+                    scores[key] = {m: float(s) for m, s in row["scores"].items()}
+        return cls(scores, {k: task_of[k] for k in scores}, {k: infos[k] for k in scores})
+
+    def recorded(self, matrix_model: str, question: str) -> float | None:
+        row = self.scores.get(question_key(question))
+        return None if row is None else row.get(matrix_model)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass
+class ReplayStats:
+    recorded: int = 0
+    prior: int = 0
+    per_model: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def calls(self) -> int:
+        return self.recorded + self.prior
+
+    @property
+    def replayed_share(self) -> float:
+        """Share of calls whose correctness came from a recorded score."""
+        return self.recorded / self.calls if self.calls else 0.0
+
+    def summary(self) -> dict[str, object]:
+        return {"calls": self.calls, "replayed_from_recorded": self.recorded, "drawn_from_priors": self.prior,
+                "replayed_share": round(self.replayed_share, 4), "per_model": dict(self.per_model)}
+
+
+class ReplayPool:
+    """A CandidateBackend that answers from recorded quality and priors; never touches a network.
+
+    `distractors` maps a data source to answers of that source, used for plausible wrong replies.
+    """
+
+    def __init__(self, matrix: QualityMatrix | None, distractors: Mapping[str, Sequence[str]] | None = None,
+                 seed: int = 0, decline_share: float = 0.25) -> None:
+        if not 0.0 <= decline_share <= 1.0:
+            raise ValueError(f"decline_share must be in [0, 1], got {decline_share}")
+        self.matrix = matrix
+        self.distractors = {k: tuple(v) for k, v in (distractors or {}).items() if v}
+        self.seed = seed
+        self.decline_share = decline_share
+        self.stats = ReplayStats()
+
+    @staticmethod
+    def distractors_from(questions: Iterable[QuestionInfo]) -> dict[str, list[str]]:
+        bank: dict[str, list[str]] = {}
+        for q in questions:
+            if q.golden_answers:
+                bank.setdefault(q.data_source, []).append(q.golden_answers[0])
+        return bank
+
+    def correct(self, candidate: Candidate, question: QuestionInfo) -> tuple[bool, bool]:
+        """(is the reply correct, was that read from a recorded score)."""
+        profile = candidate.replay
+        if profile is None:
+            raise ValueError(f"candidate {candidate.name!r} has no replay profile in the pool file")
+        if profile.matrix_model and self.matrix is not None:
+            score = self.matrix.recorded(profile.matrix_model, question.text)
+            if score is not None:
+                return score >= CORRECT_THRESHOLD, True
+        p = profile.prior_for(question.data_source)
+        return _unit("correct", candidate.name, question_key(question.text), self.seed) < p, False
+
+    def reply_text(self, candidate: Candidate, question: QuestionInfo, correct: bool) -> str:
+        key = question_key(question.text)
+        u = _unit("text", candidate.name, key, self.seed)
+        if correct and question.golden_answers:
+            gold = question.golden_answers[int(u * len(question.golden_answers))]
+            return _CORRECT_TEMPLATES[int(u * 997) % len(_CORRECT_TEMPLATES)].format(a=gold)
+        bank = [a for a in self.distractors.get(question.data_source, ())
+                if a not in question.golden_answers]
+        if bank and _unit("decline", candidate.name, key, self.seed) >= self.decline_share:
+            wrong = bank[int(_unit("wrong", candidate.name, key, self.seed) * len(bank))]
+            return _WRONG_TEMPLATES[int(u * 991) % len(_WRONG_TEMPLATES)].format(a=wrong)
+        return _DECLINES[int(u * 983) % len(_DECLINES)]
+
+    def completion_tokens(self, candidate: Candidate, question: QuestionInfo, query: str) -> int:
+        assert candidate.replay is not None
+        jitter = 0.75 + 0.5 * _unit("tokens", candidate.name, question_key(question.text), query, self.seed)
+        return max(1, min(candidate.max_tokens, round(candidate.replay.mean_completion_tokens * jitter)))
+
+    async def call(self, candidate: Candidate, query: str, context: CallContext | None = None) -> CallResult:
+        budget = context.budget if context else None
+        if budget is not None:
+            refusal = budget.check()  # type: ignore[attr-defined]
+            if refusal:
+                return CandidateFailure(candidate.name, FailureKind.BUDGET, None, 0, refusal)
+        question = context.question if context and context.question else QuestionInfo(id=query, text=query)
+        correct, recorded = self.correct(candidate, question)
+        if recorded:
+            self.stats.recorded += 1
+        else:
+            self.stats.prior += 1
+        self.stats.per_model[candidate.name] += 1
+        text = self.reply_text(candidate, question, correct)
+        # Word count stands in for the candidate's prompt tokens: Router-R1's cost ignores them,
+        # and they only matter with include_prompt, where a real endpoint reports them.
+        prompt_tokens = sum(len(m["content"].split()) for m in candidate_messages(query))
+        completion = self.completion_tokens(candidate, question, query)
+        if budget is not None:
+            budget.charge(candidate.cost_usd(completion, prompt_tokens))  # type: ignore[attr-defined]
+        return CandidateReply(candidate.name, text, prompt_tokens, completion, 0.0, 1, False,
+                              "replay:recorded" if recorded else "replay:prior")

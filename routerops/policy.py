@@ -1,0 +1,136 @@
+"""Token generators for the rollout: a scripted router and a transformers (CPU) policy.
+
+The scripted router plays a fixed strategy through the same token interface as a learned
+policy: it is how the pipeline runs end to end before a router exists, and how tests drive the
+rollout with exactly known text. It is not a learned policy and never reports log-probs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from routerops.rollout import Generation
+from routerops.tokens import Tokenizer
+
+__all__ = ["ScriptedRouter", "TransformersGenerator", "extract_reply_answer", "load_transformers_policy"]
+
+_QUESTION_RE = re.compile(r"Question: (.+?)\s*(?:<\||$)", re.DOTALL)
+_INFO_RE = re.compile(r"<information>(.*?)</information>", re.DOTALL)
+_LEADS = re.compile(
+    r"^(?:.*?\b(?:the answer is|it is most likely|i believe it is|that would be|it is)\s+)?(.+?)"
+    r"(?:\s+is the answer)?\s*\.?$",
+    re.IGNORECASE | re.DOTALL,
+)
+_DECLINE_RE = re.compile(r"\b(not certain|do not have enough|cannot|don't know|not sure)\b", re.IGNORECASE)
+
+
+def extract_reply_answer(reply: str) -> str | None:
+    """A short answer stated in a candidate's one-sentence reply, or None if it declined."""
+    reply = reply.strip()
+    if not reply or reply == "None" or _DECLINE_RE.search(reply):
+        return None
+    m = _LEADS.match(reply.split("\n")[0])
+    return m.group(1).strip() if m else None
+
+
+class ScriptedRouter:
+    """Asks the models in `route_to` in order until one states an answer, then answers with it.
+
+    With `answer_directly_with` set it answers at once without routing (a no-call baseline).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, route_to: Sequence[str], fallback_answer: str = "unknown") -> None:
+        if not route_to:
+            raise ValueError("route_to needs at least one model name")
+        self.tokenizer = tokenizer
+        self.route_to = list(route_to)
+        self.fallback_answer = fallback_answer
+
+    def next_turn(self, context: str) -> str:
+        qm = list(_QUESTION_RE.finditer(context))
+        question = qm[-1].group(1).strip() if qm else "the question"
+        tail = context[qm[-1].end():] if qm else context
+        replies = [r.strip() for r in _INFO_RE.findall(tail)]
+        for reply in reversed(replies):
+            ans = extract_reply_answer(reply)
+            if ans:
+                return f"<think>The reply gives the answer {ans}.</think>\n<answer>{ans}</answer>"
+        if len(replies) < len(self.route_to):
+            model = self.route_to[len(replies)]
+            why = "I should ask a model." if not replies else "That did not answer it; I will ask another model."
+            return f"<think>{why}</think>\n<search>{model}: {question}</search>"
+        return f"<think>No model could answer.</think>\n<answer>{self.fallback_answer}</answer>"
+
+    async def generate(self, prompt_ids: list[int], *, max_new_tokens: int, stop: Sequence[str]) -> Generation:
+        text = self.next_turn(self.tokenizer.decode(prompt_ids, skip_special_tokens=True))
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        finish = "stop" if len(ids) <= max_new_tokens else "length"
+        return Generation(ids[:max_new_tokens], None, finish)
+
+
+class TransformersGenerator:
+    """A HuggingFace causal LM on CPU. Log-probs are of the sampling distribution at
+    `temperature` before top-p (what an RL learner recomputes); greedy gives temperature 1."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, greedy: bool = False, temperature: float = 1.0,
+                 top_p: float = 0.95, seed: int = 0) -> None:
+        import torch
+
+        if temperature <= 0 or not 0 < top_p <= 1:
+            raise ValueError("temperature must be > 0 and top_p in (0, 1]")
+        self.model, self.tokenizer = model, tokenizer
+        self.greedy, self.temperature, self.top_p = greedy, temperature, top_p
+        self._torch = torch
+        self._rng = torch.Generator().manual_seed(seed)
+        # generate() is not re-entrant and both cores are already used by one call on CPU.
+        self._lock = threading.Lock()
+
+    async def generate(self, prompt_ids: list[int], *, max_new_tokens: int, stop: Sequence[str]) -> Generation:
+        return await asyncio.to_thread(self._generate, prompt_ids, max_new_tokens, list(stop))
+
+    def _generate(self, prompt_ids: list[int], max_new_tokens: int, stop: list[str]) -> Generation:
+        torch = self._torch
+        with self._lock, torch.no_grad():
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._rng)))
+            inp = torch.tensor([prompt_ids], dtype=torch.long)
+            out = self.model.generate(
+                input_ids=inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new_tokens,
+                do_sample=not self.greedy, temperature=None if self.greedy else self.temperature,
+                top_p=None if self.greedy else self.top_p, top_k=None,
+                stop_strings=stop or None, tokenizer=self.tokenizer,
+                output_logits=True, return_dict_in_generate=True,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            )
+        new = out.sequences[0, inp.shape[1]:].tolist()
+        temp = 1.0 if self.greedy else self.temperature
+        logprobs = [
+            float(torch.log_softmax(step_logits[0].float() / temp, dim=-1)[tok])
+            for tok, step_logits in zip(new, out.logits, strict=False)
+        ]
+        eos = self.tokenizer.eos_token_id
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        if new and eos is not None and new[-1] == eos:
+            finish = "eos"
+        elif any(s in text for s in stop):
+            finish = "stop"
+        else:
+            finish = "length"
+        return Generation(new, logprobs, finish)  # type: ignore[arg-type]
+
+
+def load_transformers_policy(path: str | Path, **kwargs: Any) -> TransformersGenerator:
+    """Load a local HuggingFace model directory (never the hub) as a generator."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"{p}: not a HuggingFace model directory (no config.json)")
+    tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True)
+    model.eval()
+    return TransformersGenerator(model, tok, **kwargs)

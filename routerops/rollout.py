@@ -1,0 +1,270 @@
+"""The multi-round routing episode, independent of how tokens are produced.
+
+One episode: the policy generates until `</search>` or `</answer>`; a search is parsed and, in
+routing turns, executed against a candidate backend; the reply comes back as an information
+block whose tokens are masked out of the loss (mask 0); after `max_turns` routing turns one
+final turn runs in which routing is no longer executed. Episodes are independent coroutines, so
+candidate calls overlap across trajectories; a generator may batch concurrent requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from routerops.candidates.types import CallContext, CandidateBackend, CandidateReply, QuestionInfo
+from routerops.pool import Pool
+from routerops.protocol import (
+    OBS_PREFIX,
+    OBS_SUFFIX,
+    Action,
+    Answer,
+    Invalid,
+    NoAction,
+    Route,
+    Segment,
+    UnknownModel,
+    extract_answer,
+    parse_turn,
+    render_observation,
+)
+from routerops.rewards import CallUsage
+from routerops.tokens import Tokenizer
+
+__all__ = [
+    "CallRecord",
+    "Generation",
+    "PromptTooLong",
+    "RolloutLimits",
+    "TokenGenerator",
+    "Trajectory",
+    "run_episode",
+    "run_episodes",
+]
+
+STOP_STRINGS = ("</search>", "</answer>")
+
+
+@dataclass(frozen=True)
+class RolloutLimits:
+    """Router-R1's limits by default (tokens are the policy tokenizer's)."""
+
+    max_turns: int = 4                 # routing turns; one answer-only turn follows
+    max_tokens_per_turn: int = 1024
+    max_obs_tokens: int = 600          # inner text of one information block
+    max_prompt_tokens: int = 2048
+    max_context_tokens: int = 4096     # prompt + everything appended
+
+    def __post_init__(self) -> None:
+        for name in ("max_turns", "max_tokens_per_turn", "max_obs_tokens", "max_prompt_tokens", "max_context_tokens"):
+            if getattr(self, name) < (0 if name == "max_turns" else 1):
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_prompt_tokens >= self.max_context_tokens:
+            raise ValueError("max_prompt_tokens must be below max_context_tokens")
+
+
+@dataclass(frozen=True)
+class Generation:
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+    finish_reason: Literal["stop", "length", "eos"] = "stop"
+
+
+class TokenGenerator(Protocol):
+    """Token ids in, new token ids (and their log-probs) out; stops at any of `stop`."""
+
+    async def generate(self, prompt_ids: list[int], *, max_new_tokens: int, stop: Sequence[str]) -> Generation: ...
+
+
+class PromptTooLong(ValueError):
+    def __init__(self, question_id: str, tokens: int, limit: int) -> None:
+        super().__init__(f"question {question_id}: prompt has {tokens} tokens, limit is {limit}")
+        self.question_id, self.tokens, self.limit = question_id, tokens, limit
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    turn: int
+    model: str
+    query: str
+    ok: bool
+    reply: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    origin: str
+    latency_s: float
+    attempts: int
+    failure: str | None = None
+
+    def usage(self) -> CallUsage:
+        return CallUsage(self.model, self.completion_tokens, self.prompt_tokens)
+
+
+@dataclass
+class Trajectory:
+    question: QuestionInfo
+    prompt_ids: list[int]
+    response_ids: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)   # 1 policy token, 0 observation token
+    logprobs: list[float] = field(default_factory=list)  # 0.0 at observation tokens
+    segments: list[Segment] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    turns: int = 0
+    stop_reason: str = ""
+
+    @property
+    def answer(self) -> str | None:
+        return extract_answer(self.segments)
+
+    @property
+    def response_text(self) -> str:
+        return "".join(s.text for s in self.segments)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(c.cost_usd for c in self.calls)
+
+    def usages(self) -> list[CallUsage]:
+        """Executed, successful calls: what cost accounting and repricing use."""
+        return [c.usage() for c in self.calls if c.ok]
+
+    def _append(self, ids: Sequence[int], mask: int, logprobs: Sequence[float] | None, text: str) -> None:
+        self.response_ids.extend(ids)
+        self.loss_mask.extend([mask] * len(ids))
+        self.logprobs.extend(logprobs if logprobs is not None else [0.0] * len(ids))
+        kind: Literal["policy", "observation"] = "policy" if mask else "observation"
+        if self.segments and self.segments[-1].kind == kind:
+            self.segments[-1] = Segment(kind, self.segments[-1].text + text)
+        else:
+            self.segments.append(Segment(kind, text))
+
+
+def _truncate_at_stop(ids: list[int], tokenizer: Tokenizer, stops: Sequence[str]) -> tuple[int, bool]:
+    """Smallest prefix length whose text contains a stop string (binary search on decodes)."""
+    full = tokenizer.decode(ids, skip_special_tokens=True)
+    if not any(s in full for s in stops):
+        return len(ids), False
+    lo, hi = 1, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if any(s in tokenizer.decode(ids[:mid], skip_special_tokens=True) for s in stops):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo, True
+
+
+def _describe(action: Action) -> str:
+    if isinstance(action, Route):
+        return f"route:{action.model}"
+    if isinstance(action, UnknownModel):
+        return "unknown_model"
+    if isinstance(action, Invalid):
+        return f"invalid:{action.reason.value}"
+    if isinstance(action, Answer):
+        return "answer"
+    return "none"
+
+
+async def run_episode(
+    question: QuestionInfo,
+    prompt_ids: Sequence[int],
+    *,
+    generator: TokenGenerator,
+    tokenizer: Tokenizer,
+    pool: Pool,
+    backend: CandidateBackend,
+    limits: RolloutLimits = RolloutLimits(),
+    budget: object | None = None,
+) -> Trajectory:
+    if len(prompt_ids) > limits.max_prompt_tokens:
+        raise PromptTooLong(question.id, len(prompt_ids), limits.max_prompt_tokens)
+    traj = Trajectory(question=question, prompt_ids=list(prompt_ids))
+    tag_overhead = len(tokenizer.encode(OBS_PREFIX + OBS_SUFFIX, add_special_tokens=False))
+    eos = tokenizer.eos_token_id
+
+    for turn in range(limits.max_turns + 1):
+        routing = turn < limits.max_turns
+        room = limits.max_context_tokens - len(traj.prompt_ids) - len(traj.response_ids)
+        if room <= 0:
+            traj.stop_reason = "context_full"
+            break
+        gen = await generator.generate(
+            traj.prompt_ids + traj.response_ids,
+            max_new_tokens=min(limits.max_tokens_per_turn, room),
+            stop=STOP_STRINGS,
+        )
+        ids = list(gen.token_ids)[: min(limits.max_tokens_per_turn, room)]
+        cut, hit_stop = _truncate_at_stop(ids, tokenizer, STOP_STRINGS)
+        ids = ids[:cut]
+        lps = list(gen.logprobs)[:cut] if gen.logprobs is not None else None
+        traj.turns = turn + 1
+        traj._append(ids, 1, lps, tokenizer.decode(ids, skip_special_tokens=True))
+        action = parse_turn(tokenizer.decode(ids, skip_special_tokens=True), pool) if ids else NoAction()
+        traj.actions.append(_describe(action))
+
+        if isinstance(action, Answer):
+            traj.stop_reason = "answer"
+            break
+        if isinstance(action, NoAction):
+            ended_eos = bool(ids) and eos is not None and ids[-1] == eos
+            traj.stop_reason = "eos" if ended_eos or gen.finish_reason == "eos" else (
+                "length" if not hit_stop else "no_action")
+            break
+        if not routing:
+            traj.stop_reason = "max_turns"  # the final turn never executes routing
+            break
+
+        if isinstance(action, Invalid):
+            continue  # Router-R1: empty observation, the episode goes on
+        obs_room = limits.max_context_tokens - len(traj.prompt_ids) - len(traj.response_ids) - tag_overhead
+        if obs_room <= 0:
+            traj.stop_reason = "context_full"
+            break
+        if isinstance(action, UnknownModel):
+            reply_text: str | None = None
+            traj.calls.append(CallRecord(turn, action.written_name, action.query, False, None, 0, 0, 0.0,
+                                         "unknown_model", 0.0, 0, "unknown_model"))
+        else:
+            assert isinstance(action, Route)
+            cand = pool.get(action.model)
+            result = await backend.call(cand, action.query, CallContext(question=question, budget=budget))
+            if isinstance(result, CandidateReply):
+                reply_text = result.text
+                traj.calls.append(CallRecord(
+                    turn, cand.name, action.query, True, result.text, result.prompt_tokens,
+                    result.completion_tokens, cand.cost_usd(result.completion_tokens, result.prompt_tokens),
+                    result.origin, result.latency_s, result.attempts))
+            else:
+                reply_text = None  # the policy sees 'None', as for an unknown model; cost 0
+                traj.calls.append(CallRecord(
+                    turn, cand.name, action.query, False, None, 0, 0, 0.0, "failure",
+                    result.latency_s, result.attempts, f"{result.kind.value}: {result.detail}"))
+        obs = render_observation(reply_text, tokenizer, min(limits.max_obs_tokens, obs_room))
+        obs_ids = tokenizer.encode(obs, add_special_tokens=False)
+        traj._append(obs_ids, 0, None, obs)
+    else:
+        traj.stop_reason = traj.stop_reason or "max_turns"
+    return traj
+
+
+async def run_episodes(
+    items: Sequence[tuple[QuestionInfo, Sequence[int]]],
+    *,
+    concurrency: int = 16,
+    **kwargs: object,
+) -> list[Trajectory]:
+    """Run many episodes concurrently (candidate calls overlap); results keep input order."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(q: QuestionInfo, ids: Sequence[int]) -> Trajectory:
+        async with sem:
+            return await run_episode(q, ids, **kwargs)  # type: ignore[arg-type]
+
+    return list(await asyncio.gather(*(one(q, ids) for q, ids in items)))
