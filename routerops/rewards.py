@@ -234,23 +234,29 @@ class RewardBreakdown:
 def score_batch(
     items: Sequence[ScoreItem],
     pool: Pool,
-    alpha: float,
+    alpha: float | Sequence[float],
     normalizer: CostNormalizer,
     outcome: Literal["em", "f1"] = "em",
     include_prompt: bool = False,
 ) -> tuple[list[RewardBreakdown], CostNormalizer]:
-    """Score a batch. Returns the breakdowns and the normaliser after seeing this batch."""
+    """Score a batch. Returns the breakdowns and the normaliser after seeing this batch.
+
+    `alpha` is one cost weight for all items or one per item.
+    """
     if outcome not in ("em", "f1"):
         raise ValueError(f"outcome must be 'em' or 'f1', got {outcome!r}")
+    alphas = [float(alpha)] * len(items) if isinstance(alpha, (int, float)) else list(alpha)
+    if len(alphas) != len(items):
+        raise ValueError(f"{len(alphas)} alphas for {len(items)} items")
     costs = [cost_usd(it.calls, pool, include_prompt) for it in items]
     norms, nxt = normalizer.update(costs)
     out: list[RewardBreakdown] = []
-    for it, c, cn in zip(items, costs, norms, strict=True):
+    for it, c, cn, a in zip(items, costs, norms, alphas, strict=True):
         fmt = check_format(it.response, pool)
         answer = extract_answer(it.response)
         em = exact_match(answer, it.golden_answers)
         f1 = f1_score(answer, it.golden_answers)
-        reward = combine(fmt.valid, em if outcome == "em" else f1, cn, alpha)
+        reward = combine(fmt.valid, em if outcome == "em" else f1, cn, a)
         out.append(
             RewardBreakdown(0.0 if fmt.valid else -1.0, em, f1, c, cn, reward, answer,
                             tuple(v.code for v in fmt.violations))

@@ -256,15 +256,22 @@ async def run_episodes(
     items: Sequence[tuple[QuestionInfo, Sequence[int]]],
     *,
     concurrency: int = 16,
+    budgets: Sequence[object | None] | None = None,
     **kwargs: object,
 ) -> list[Trajectory]:
-    """Run many episodes concurrently (candidate calls overlap); results keep input order."""
+    """Run many episodes concurrently (candidate calls overlap); results keep input order.
+
+    `budgets`, when given, holds one request budget per item (None for unlimited).
+    """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if budgets is not None and len(budgets) != len(items):
+        raise ValueError(f"{len(budgets)} budgets for {len(items)} episodes")
     sem = asyncio.Semaphore(concurrency)
 
-    async def one(q: QuestionInfo, ids: Sequence[int]) -> Trajectory:
+    async def one(i: int) -> Trajectory:
+        q, ids = items[i]
         async with sem:
-            return await run_episode(q, ids, **kwargs)  # type: ignore[arg-type]
+            return await run_episode(q, ids, budget=budgets[i] if budgets else None, **kwargs)  # type: ignore[arg-type]
 
-    return list(await asyncio.gather(*(one(q, ids) for q, ids in items)))
+    return list(await asyncio.gather(*(one(i) for i in range(len(items)))))

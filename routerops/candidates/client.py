@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -108,8 +108,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:  # RFC 850/asctime forms carry no zone; HTTP dates are always GMT
-        when = when.replace(tzinfo=timezone.utc)
-    ref = datetime.now(timezone.utc).timestamp() if now is None else now
+        when = when.replace(tzinfo=UTC)
+    ref = datetime.now(UTC).timestamp() if now is None else now
     return max(0.0, when.timestamp() - ref)
 
 

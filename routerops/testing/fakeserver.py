@@ -17,13 +17,22 @@ import argparse
 import asyncio
 import collections
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Fault", "FakeOpenAIServer", "RequestInfo", "default_reply", "word_count"]
+__all__ = [
+    "FakeOpenAIServer",
+    "Fault",
+    "RecordingSleep",
+    "RequestInfo",
+    "closed_port_url",
+    "default_reply",
+    "word_count",
+]
 
 FaultKind = Literal["status", "stall", "malformed_json", "not_completion", "no_usage", "drop"]
 
@@ -184,7 +193,7 @@ class FakeOpenAIServer:
             fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
             try:
                 fut.result(self._shutdown_timeout_s)
-            except Exception:  # noqa: BLE001 - a failed tidy-up must not hide the test's own result
+            except Exception:  # a failed tidy-up must not hide the test's own result
                 pass
             loop.call_soon_threadsafe(loop.stop)
         thread.join(self._shutdown_timeout_s)
@@ -263,7 +272,7 @@ class FakeOpenAIServer:
                 asyncio.start_server(self._handle, "127.0.0.1", self._requested_port, limit=_MAX_HEAD_BYTES)
             )
             self.port = self._server.sockets[0].getsockname()[1]
-        except BaseException as exc:  # noqa: BLE001 - reported to start() in the caller's thread
+        except BaseException as exc:  # reported to start() in the caller's thread
             self._startup_error = exc
             self._ready.set()
             loop.close()
@@ -301,7 +310,7 @@ class FakeOpenAIServer:
             writer.close()
             try:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
-            except (Exception, asyncio.CancelledError):  # noqa: BLE001 - the peer may be gone
+            except (Exception, asyncio.CancelledError):  # the peer may already be gone
                 pass
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
@@ -460,6 +469,28 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
     if length < 0 or length > _MAX_BODY_BYTES:
         raise _BadRequest(413, f"Content-Length {length} out of range")
     return await reader.readexactly(length) if length else b""
+
+
+class RecordingSleep:
+    """Drop-in for `asyncio.sleep` in clients under test: records each delay, waits for none."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        await asyncio.sleep(0)  # still a suspension point, as the real sleep is
+
+
+def closed_port_url() -> str:
+    """A base URL on a loopback port nothing listens on (bound, then released): connects are refused.
+
+    Another process could grab the port in between; on a test host that window is negligible.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,59 @@
+# The two set-up-complete commands are `make demo` and `make test`; both create .venv on first
+# use and are no-ops for set-up when the venv matches the lock file.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.routerops-installed
+
+# Telemetry off everywhere, and Prefect's state kept inside the project.
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export BENTOML_DO_NOT_TRACK := true
+export DVC_NO_ANALYTICS := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export WANDB_MODE := disabled
+export VLLM_NO_USAGE_STATS := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PREFECT_HOME := $(CURDIR)/.routerops/prefect
+export PREFECT_LOGGING_LEVEL ?= WARNING
+
+.PHONY: demo test lint lock bench clean-venv
+
+$(STAMP): requirements/lock.txt requirements/torch-constraint.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24" "setuptools>=77,<90"
+	# torch first, from the local CPU wheel; the constraint keeps every later step on it.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements/lock.txt -c requirements/torch-constraint.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@mkdir -p $(PREFECT_HOME)
+	$(PY) -m flows.pipeline
+
+test: $(STAMP)
+	@mkdir -p $(PREFECT_HOME)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check routerops stages flows services bench tests
+
+bench: $(STAMP)
+	$(PY) bench/candidates.py
+
+# Re-resolve the direct dependencies (requirements/base.in) into the lock file.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet torch==2.13.0
+	.venv-lock/bin/pip install --quiet -r requirements/base.in -c requirements/torch-constraint.txt
+	{ echo "# Resolved from requirements/base.in with torch held at 2.13.0 (requirements/torch-constraint.txt)."; \
+	  echo "# Regenerate with 'make lock'. Python 3.11, linux x86_64, CPU."; \
+	  .venv-lock/bin/pip freeze --exclude-editable | grep -v -E '^(torch==|routerops)'; } > requirements/lock.txt
+	rm -rf .venv-lock
+
+clean-venv:
+	rm -rf $(VENV)

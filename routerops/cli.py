@@ -1,0 +1,252 @@
+"""`routerops` command line: pool validation, offline scoring, and asking the router."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from routerops.candidates.types import QuestionInfo
+from routerops.config import ParamsError, load_params
+from routerops.paths import REPO_ROOT, default_pool_file
+from routerops.pool import Pool, PoolError, load_pool
+from routerops.rewards import (
+    CallUsage,
+    CostNormalizer,
+    FrozenBoundsNormalizer,
+    ScoreItem,
+    SlidingWindowNormalizer,
+    score_batch,
+)
+from routerops.rollout import Trajectory
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="RouterOps: cost-aware LLM routers.")
+pool_app = typer.Typer(no_args_is_help=True, help="Candidate pool and price table.")
+app.add_typer(pool_app, name="pool")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _load_pool(path: Path | None) -> Pool:
+    try:
+        return load_pool(path or default_pool_file())
+    except PoolError as exc:
+        raise _fail(str(exc), 1) from None
+
+
+@pool_app.command("validate")
+def pool_validate(file: Annotated[Path | None, typer.Argument(help="pool file (default: pool.yaml)")] = None) -> None:
+    """Validate a pool file; print its snapshot ids, candidates and prices."""
+    pool = _load_pool(file)
+    typer.echo(f"{pool.source_file}: OK  snapshot {pool.snapshot_id}  prices {pool.pricing.id}  "
+               f"({pool.pricing.label}, effective {pool.pricing.effective_date})")
+    for c in pool:
+        typer.echo(f"  {c.name:<26} in ${c.price.input_usd_per_mtok:>6.2f}/M  out ${c.price.output_usd_per_mtok:>6.2f}/M"
+                   f"  {c.provider_model_id}")
+
+
+# ---------------------------------------------------------------------------------------------
+# score
+# ---------------------------------------------------------------------------------------------
+
+
+class _CallIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str = Field(min_length=1)
+    prompt_tokens: int = Field(0, ge=0)
+    completion_tokens: int = Field(ge=0)
+
+
+class _ScoreLine(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    response: str
+    golden_answers: list[str] = Field(min_length=1)
+    calls: list[_CallIn] = []
+    alpha: float | None = Field(None, ge=0.0, le=1.0)
+
+    @field_validator("golden_answers")
+    @classmethod
+    def _non_blank(cls, v: list[str]) -> list[str]:
+        if any(not g.strip() for g in v):
+            raise ValueError("gold answers must be non-blank")
+        return v
+
+
+def read_score_lines(path: Path, pool: Pool) -> list[_ScoreLine]:
+    """Parse and check every line; the first bad one raises ValueError naming file and line."""
+    lines: list[_ScoreLine] = []
+    try:
+        raw_lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror})") from None
+    for n, raw in enumerate(raw_lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}:{n}: not valid UTF-8") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{n}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        try:
+            line = _ScoreLine.model_validate(obj)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"]) or "<line>"
+            raise ValueError(f"{path}:{n}: {loc}: {err['msg']}") from None
+        for c in line.calls:
+            if pool.resolve(c.model) is None:
+                raise ValueError(f"{path}:{n}: calls: model {c.model!r} is not in the pool ({', '.join(pool.names)})")
+        lines.append(line)
+    return lines
+
+
+@app.command("score")
+def score(
+    file: Annotated[Path, typer.Argument(help="JSONL: response, golden_answers, calls?, alpha?")],
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="cost weight for lines without 'alpha'")] = 0.0,
+    outcome: Annotated[str, typer.Option(help="em or f1")] = "em",
+    cost_bounds: Annotated[str | None, typer.Option(help="P5,P95 of sqrt(USD) for frozen normalisation")] = None,
+    include_prompt: Annotated[bool, typer.Option(help="add prompt tokens x input price to cost")] = False,
+    pool_file: Annotated[Path | None, typer.Option("--pool")] = None,
+) -> None:
+    """Score responses offline; one JSON breakdown per input line.
+
+    Without --cost-bounds the file is one batch for Router-R1's sliding-window normaliser.
+    """
+    if outcome not in ("em", "f1"):
+        raise _fail(f"--outcome must be em or f1, got {outcome!r}")
+    pool = _load_pool(pool_file)
+    try:
+        lines = read_score_lines(file, pool)
+    except ValueError as exc:
+        raise _fail(str(exc), 1) from None
+    normalizer: CostNormalizer = SlidingWindowNormalizer()
+    if cost_bounds:
+        try:
+            lo, hi = (float(x) for x in cost_bounds.split(","))
+        except ValueError:
+            raise _fail(f"--cost-bounds must be two numbers 'P5,P95', got {cost_bounds!r}") from None
+        normalizer = FrozenBoundsNormalizer(lo, hi)
+    items = [ScoreItem(ln.response, ln.golden_answers,
+                       [CallUsage(pool.get(c.model).name, c.completion_tokens, c.prompt_tokens) for c in ln.calls])
+             for ln in lines]
+    mode: Literal["em", "f1"] = "em" if outcome == "em" else "f1"
+    alphas = [ln.alpha if ln.alpha is not None else alpha for ln in lines]
+    results, _ = score_batch(items, pool, alphas, normalizer, mode, include_prompt)
+    for a, r in zip(alphas, results, strict=True):
+        sys.stdout.write(json.dumps(r.as_dict() | {"alpha": a}) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# ask
+# ---------------------------------------------------------------------------------------------
+
+
+def render_trace(traj: Trajectory) -> str:
+    """A readable trace: the policy's text, each call with tokens and dollars, the total."""
+    out = [f"Q: {traj.question.text}"]
+    if traj.question.golden_answers:
+        out.append(f"gold: {' | '.join(traj.question.golden_answers)}")
+    out.append("--- trace ---")
+    out.append(traj.response_text.strip())
+    out.append("--- calls ---")
+    for c in traj.calls:
+        status = "ok" if c.ok else f"FAILED ({c.failure})"
+        out.append(f"turn {c.turn}: {c.model:<24} {c.completion_tokens:>4} completion tok  "
+                   f"${c.cost_usd:.8f}  [{c.origin}] {status}")
+    if not traj.calls:
+        out.append("(no calls)")
+    out.append(f"answer: {traj.answer!r}  stop: {traj.stop_reason}  turns: {traj.turns}  "
+               f"cost: ${traj.cost_usd:.8f} ({traj.cost_usd * 1e6:.1f} micro-USD)")
+    return "\n".join(out)
+
+
+@app.command("ask")
+def ask(
+    question: Annotated[str, typer.Argument(help="the user question")],
+    candidates: Annotated[str, typer.Option(help="replay (offline) or openai (HTTP endpoints from pool.yaml)")] = "replay",
+    policy: Annotated[str, typer.Option(help="'scripted' or a local HuggingFace model directory")] = "scripted",
+    route_to: Annotated[list[str] | None, typer.Option("--route-to", help="scripted router: models to ask, in order")] = None,
+    gold: Annotated[list[str] | None, typer.Option("--gold", help="gold alias(es), for scoring and replay")] = None,
+    source: Annotated[str, typer.Option(help="data source of the question (replay priors)")] = "nq",
+    params_file: Annotated[Path, typer.Option("--params")] = REPO_ROOT / "params.yaml",
+    pool_file: Annotated[Path | None, typer.Option("--pool")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the trajectory as JSON")] = False,
+) -> None:
+    """Answer one question with the router and print the trace, calls, tokens and dollars."""
+    from routerops.candidates.replay import question_key
+    from routerops.policy import ScriptedRouter, load_transformers_policy
+    from routerops.runtime import build_backend, route_questions
+    from routerops.tokens import ByteTokenizer
+
+    if candidates not in ("replay", "openai"):
+        raise _fail(f"--candidates must be replay or openai, got {candidates!r}")
+    try:
+        params = load_params(params_file)
+    except ParamsError as exc:
+        raise _fail(str(exc), 1) from None
+    pool = _load_pool(pool_file)
+    params = params.model_copy(update={"candidates": params.candidates.model_copy(update={"backend": candidates})})
+    backends = build_backend(params.candidates, include_prompt_cost=params.rewards.include_prompt_cost)
+    info = QuestionInfo("cli", question, source, tuple(gold or ()))
+    if backends.replay is not None and backends.replay.matrix is not None and not gold:
+        known = backends.replay.matrix.questions.get(question_key(question))
+        if known is not None:
+            info = known
+    if policy == "scripted":
+        names = route_to or list(params.demo.route_to)
+        for n in names:
+            if pool.resolve(n) is None:
+                raise _fail(f"--route-to {n!r} is not in the pool ({', '.join(pool.names)})")
+        tokenizer: Any = ByteTokenizer()
+        generator: Any = ScriptedRouter(tokenizer, names)
+    else:
+        try:
+            generator = load_transformers_policy(policy, greedy=True)
+        except (FileNotFoundError, OSError, ValueError) as exc:
+            raise _fail(str(exc), 1) from None
+        tokenizer = generator.tokenizer
+
+    async def go() -> Trajectory:
+        try:
+            (t,) = await route_questions([info], params=params, pool=pool, tokenizer=tokenizer,
+                                         generator=generator, backends=backends)
+            return t
+        finally:
+            await backends.aclose()
+
+    traj = asyncio.run(go())
+    if as_json:
+        typer.echo(json.dumps(trajectory_json(traj), indent=2))
+    else:
+        typer.echo(render_trace(traj))
+
+
+def trajectory_json(traj: Trajectory) -> dict[str, Any]:
+    return {
+        "question": traj.question.text, "question_id": traj.question.id, "data_source": traj.question.data_source,
+        "golden_answers": list(traj.question.golden_answers), "response": traj.response_text,
+        "answer": traj.answer, "stop_reason": traj.stop_reason, "turns": traj.turns, "actions": traj.actions,
+        "cost_usd": traj.cost_usd,
+        "calls": [{"turn": c.turn, "model": c.model, "query": c.query, "ok": c.ok, "reply": c.reply,
+                   "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                   "cost_usd": c.cost_usd, "origin": c.origin, "attempts": c.attempts, "failure": c.failure}
+                  for c in traj.calls],
+    }
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Typed, frozen views of params.yaml. One model per section; unknown keys are errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from routerops.rollout import RolloutLimits
+
+__all__ = ["CandidatesParams", "DemoParams", "Params", "ParamsError", "PromptParams", "RewardsParams",
+           "RolloutParams", "load_params"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PromptParams(_Section):
+    show_prices: bool = False
+    template: str | None = None
+
+
+class RolloutParams(_Section):
+    max_turns: int = Field(4, ge=0, le=16)
+    max_tokens_per_turn: int = Field(1024, ge=1)
+    max_obs_tokens: int = Field(600, ge=1)
+    max_prompt_tokens: int = Field(2048, ge=1)
+    max_context_tokens: int = Field(4096, ge=2)
+    concurrency: int = Field(16, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _prompt_fits(self) -> RolloutParams:
+        if self.max_prompt_tokens >= self.max_context_tokens:
+            raise ValueError("max_prompt_tokens must be below max_context_tokens")
+        return self
+
+    def limits(self) -> RolloutLimits:
+        return RolloutLimits(self.max_turns, self.max_tokens_per_turn, self.max_obs_tokens,
+                             self.max_prompt_tokens, self.max_context_tokens)
+
+
+class RewardsParams(_Section):
+    alpha: float = Field(0.0, ge=0.0, le=1.0)
+    outcome: Literal["em", "f1"] = "em"
+    include_prompt_cost: bool = False
+    normalizer: Literal["sliding", "frozen"] = "sliding"
+    window: int = Field(1000, ge=1)
+
+
+class CandidatesParams(_Section):
+    backend: Literal["replay", "openai"] = "replay"
+    concurrency: int = Field(32, ge=1, le=1024)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(60.0, gt=0)
+    max_attempts: int = Field(5, ge=1, le=50)
+    backoff_base_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(20.0, ge=0)
+    max_retry_after_s: float = Field(30.0, ge=0)
+    request_budget_usd: float | None = Field(None, ge=0)
+    run_budget_usd: float | None = Field(None, ge=0)
+    cache_path: str | None = ".routerops/cache/responses.sqlite"
+    replay_seed: int = 0
+    replay_decline_share: float = Field(0.25, ge=0, le=1)
+
+
+class DemoParams(_Section):
+    questions: int = Field(5, ge=1, le=100)
+    route_to: tuple[str, ...] = Field(min_length=1)
+    seed: int = 0
+
+
+class Params(_Section):
+    prompt: PromptParams = PromptParams()
+    rollout: RolloutParams = RolloutParams()
+    rewards: RewardsParams = RewardsParams()
+    candidates: CandidatesParams = CandidatesParams()
+    demo: DemoParams = DemoParams(route_to=("LLaMA-3.1-8B-Instruct",))
+
+
+class ParamsError(ValueError):
+    pass
+
+
+def parse_params(raw: Any, where: str = "<params>") -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ParamsError(f"{where}: {loc}: {err['msg']}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{p}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{p}: invalid YAML: {exc}") from None
+    return parse_params(raw, str(p))

@@ -1,0 +1,84 @@
+"""Assembles the parts a run needs from params: candidate backend, budgets, policy, prompts.
+
+CLI commands, stages and services all build their runs here, so a setting means the same thing
+everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from routerops.candidates.budget import RequestBudget, RunBudget
+from routerops.candidates.cache import CachedBackend, ResponseCache
+from routerops.candidates.client import ClientConfig, OpenAIChatClient
+from routerops.candidates.replay import QualityMatrix, ReplayPool
+from routerops.candidates.types import CandidateBackend, QuestionInfo
+from routerops.config import CandidatesParams, Params, PromptParams
+from routerops.paths import REPO_ROOT, shared_data_dir
+from routerops.pool import Pool
+from routerops.prompt import apply_chat_template, build_messages, load_template
+from routerops.rollout import TokenGenerator, Trajectory, run_episodes
+from routerops.tokens import Tokenizer
+
+__all__ = ["Backends", "build_backend", "encode_prompt", "route_questions"]
+
+
+@dataclass
+class Backends:
+    """The backend to call plus what the caller reports on or closes afterwards."""
+
+    backend: CandidateBackend
+    run_budget: RunBudget
+    replay: ReplayPool | None = None
+    client: OpenAIChatClient | None = None
+    cache: ResponseCache | None = None
+
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+        if self.cache is not None:
+            self.cache.close()
+
+
+def client_config(p: CandidatesParams, include_prompt_cost: bool = False) -> ClientConfig:
+    return ClientConfig(
+        max_concurrency=p.concurrency, connect_timeout_s=p.connect_timeout_s, read_timeout_s=p.read_timeout_s,
+        max_attempts=p.max_attempts, backoff_base_s=p.backoff_base_s, backoff_max_s=p.backoff_max_s,
+        max_retry_after_s=p.max_retry_after_s, include_prompt_cost=include_prompt_cost,
+    )
+
+
+def build_backend(p: CandidatesParams, *, distractor_questions: Iterable[QuestionInfo] = (),
+                  data_dir: Path | None = None, include_prompt_cost: bool = False,
+                  base_url: str | None = None, api_key: str | None = None) -> Backends:
+    run_budget = RunBudget(p.run_budget_usd)
+    if p.backend == "replay":
+        matrix = QualityMatrix.load((data_dir or shared_data_dir()) / "pool")
+        questions = list(distractor_questions) or list(matrix.questions.values())
+        replay = ReplayPool(matrix, ReplayPool.distractors_from(questions), seed=p.replay_seed,
+                            decline_share=p.replay_decline_share)
+        return Backends(replay, run_budget, replay=replay)
+    client = OpenAIChatClient(client_config(p, include_prompt_cost), base_url=base_url, api_key=api_key)
+    if p.cache_path is None:
+        return Backends(client, run_budget, client=client)
+    cache_file = Path(p.cache_path)
+    cache = ResponseCache(cache_file if cache_file.is_absolute() else REPO_ROOT / cache_file)
+    return Backends(CachedBackend(client, cache), run_budget, client=client, cache=cache)
+
+
+def encode_prompt(question: str, pool: Pool, tokenizer: Any, prompt: PromptParams, max_turns: int) -> list[int]:
+    template = load_template(prompt.template) if prompt.template else None
+    messages = build_messages(question, pool, max_turns=max_turns, show_prices=prompt.show_prices, template=template)
+    return list(tokenizer.encode(apply_chat_template(tokenizer, messages), add_special_tokens=False))
+
+
+async def route_questions(questions: Sequence[QuestionInfo], *, params: Params, pool: Pool, tokenizer: Tokenizer,
+                          generator: TokenGenerator, backends: Backends) -> list[Trajectory]:
+    """Answer questions with the router: prompts from params, one request budget per episode."""
+    items = [(q, encode_prompt(q.text, pool, tokenizer, params.prompt, params.rollout.max_turns)) for q in questions]
+    budgets = [RequestBudget(params.candidates.request_budget_usd, backends.run_budget) for _ in questions]
+    return await run_episodes(items, concurrency=params.rollout.concurrency, budgets=budgets, generator=generator,
+                              tokenizer=tokenizer, pool=pool, backend=backends.backend, limits=params.rollout.limits())
