@@ -19,7 +19,7 @@ from routerops.tokens import Tokenizer
 
 __all__ = ["ScriptedRouter", "TransformersGenerator", "extract_reply_answer", "load_transformers_policy"]
 
-_QUESTION_RE = re.compile(r"Question: (.+?)\s*(?:<\||$)", re.DOTALL)
+_QUESTION_RE = re.compile(r"Question: ([^\n]+)")
 _INFO_RE = re.compile(r"<information>(.*?)</information>", re.DOTALL)
 _LEADS = re.compile(
     r"^(?:.*?\b(?:the answer is|it is most likely|i believe it is|that would be|it is)\s+)?(.+?)"
