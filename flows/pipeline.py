@@ -11,7 +11,8 @@ import json
 
 from prefect import flow
 
-from flows.tasks import REPO_ROOT, publish_markdown, run_stage, validate_pool
+from flows.tasks import publish_markdown, run_stage, validate_pool
+from routerops.paths import default_pool_file, runs_dir
 
 
 def _summary_markdown(summary: dict) -> str:
@@ -30,9 +31,9 @@ def _summary_markdown(summary: dict) -> str:
 
 @flow(name="routerops-pipeline")
 def pipeline() -> dict:
-    validate_pool()
+    validate_pool(str(default_pool_file()))
     run_stage("route_samples")
-    summary = json.loads((REPO_ROOT / "runs" / "route_samples" / "summary.json").read_text())
+    summary = json.loads((runs_dir() / "route_samples" / "summary.json").read_text())
     publish_markdown("route-samples", _summary_markdown(summary), "Scripted router on real NQ questions (replay pool)")
     print(_summary_markdown(summary))
     return summary

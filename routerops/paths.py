@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["REPO_ROOT", "default_pool_file", "shared_data_dir"]
+__all__ = ["REPO_ROOT", "default_pool_file", "runs_dir", "shared_data_dir"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,3 +18,8 @@ def shared_data_dir() -> Path:
 
 def default_pool_file() -> Path:
     return Path(os.environ.get("ROUTEROPS_POOL", REPO_ROOT / "pool.yaml"))
+
+
+def runs_dir() -> Path:
+    """Where stages write run outputs: `$ROUTEROPS_RUNS_DIR`, else `runs/` in the repository."""
+    return Path(os.environ.get("ROUTEROPS_RUNS_DIR", REPO_ROOT / "runs"))

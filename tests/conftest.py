@@ -55,3 +55,13 @@ def pool():
     from routerops.pool import load_pool
 
     return load_pool(REPO_ROOT / "pool.yaml")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One temporary Prefect server for the whole session (starting one takes ~10 s)."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
