@@ -49,7 +49,8 @@ def pool_validate(file: Annotated[Path | None, typer.Argument(help="pool file (d
     typer.echo(f"{pool.source_file}: OK  snapshot {pool.snapshot_id}  prices {pool.pricing.id}  "
                f"({pool.pricing.label}, effective {pool.pricing.effective_date})")
     for c in pool:
-        typer.echo(f"  {c.name:<26} in ${c.price.input_usd_per_mtok:>6.2f}/M  out ${c.price.output_usd_per_mtok:>6.2f}/M"
+        price = c.price
+        typer.echo(f"  {c.name:<26} in ${price.input_usd_per_mtok:>6.2f}/M  out ${price.output_usd_per_mtok:>6.2f}/M"
                    f"  {c.provider_model_id}")
 
 
@@ -173,9 +174,10 @@ def render_trace(traj: Trajectory) -> str:
 @app.command("ask")
 def ask(
     question: Annotated[str, typer.Argument(help="the user question")],
-    candidates: Annotated[str, typer.Option(help="replay (offline) or openai (HTTP endpoints from pool.yaml)")] = "replay",
+    candidates: Annotated[str, typer.Option(help="replay (offline) or openai (endpoints in pool.yaml)")] = "replay",
     policy: Annotated[str, typer.Option(help="'scripted' or a local HuggingFace model directory")] = "scripted",
-    route_to: Annotated[list[str] | None, typer.Option("--route-to", help="scripted router: models to ask, in order")] = None,
+    route_to: Annotated[list[str] | None,
+                        typer.Option("--route-to", help="scripted router: models to ask, in order")] = None,
     gold: Annotated[list[str] | None, typer.Option("--gold", help="gold alias(es), for scoring and replay")] = None,
     source: Annotated[str, typer.Option(help="data source of the question (replay priors)")] = "nq",
     params_file: Annotated[Path, typer.Option("--params")] = REPO_ROOT / "params.yaml",

@@ -17,8 +17,8 @@ from typing import Literal, Protocol
 from routerops.pool import Pool
 
 __all__ = [
-    "Answer",
     "Action",
+    "Answer",
     "FormatResult",
     "Invalid",
     "InvalidReason",
@@ -62,7 +62,7 @@ _BRACKETED_RE = re.compile(r"^[\[{<(].*[\]}>)]$")
 # ---------------------------------------------------------------------------------------------
 
 
-class InvalidReason(str, enum.Enum):
+class InvalidReason(enum.StrEnum):
     NO_COLON = "no_colon"
     MULTIPLE_COLONS = "multiple_colons"
     EMPTY_MODEL = "empty_model"
@@ -212,7 +212,7 @@ def split_segments(response: str) -> list[Segment]:
     return out
 
 
-class ViolationCode(str, enum.Enum):
+class ViolationCode(enum.StrEnum):
     EMPTY = "empty"
     NOT_START_WITH_THINK = "not_start_with_think"
     STRAY_TEXT = "stray_text"

@@ -32,7 +32,7 @@ def candidate_messages(query: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"{HELPER_INSTRUCTION}\n\nRequest: {query.strip()}"}]
 
 
-class FailureKind(str, enum.Enum):  # noqa: UP042 - StrEnum would change str(kind) for existing callers
+class FailureKind(enum.StrEnum):
     CONNECT = "connect"            # could not connect / connection dropped
     TIMEOUT = "timeout"            # connect or read timeout, after all retries
     HTTP_STATUS = "http_status"    # non-retryable 4xx, or retryable status after all retries

@@ -10,13 +10,15 @@ from routerops.protocol import (
     Route,
     Segment,
     UnknownModel,
-    ViolationCode as V,
     check_format,
     extract_answer,
     parse_turn,
     render_observation,
     sanitize_reply,
     split_segments,
+)
+from routerops.protocol import (
+    ViolationCode as V,
 )
 from routerops.tokens import ByteTokenizer
 
