@@ -98,7 +98,8 @@ class ResponseCache:
         self._busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        # (owning thread, pid, connection): lets close() and pruning find every connection.
+        self._connections: list[tuple[threading.Thread, int, sqlite3.Connection]] = []
         self._hits = 0
         self._misses = 0
         self._closed = False
@@ -121,7 +122,13 @@ class ResponseCache:
         conn.execute(_SCHEMA)
         self._local.conn, self._local.pid = conn, os.getpid()
         with self._lock:
-            self._connections.append(conn)
+            # Each `asyncio.run` brings a fresh executor whose threads open their own
+            # connections; close those of threads that have exited so they do not pile up.
+            dead = [c for t, pid, c in self._connections if pid == os.getpid() and not t.is_alive()]
+            self._connections = [e for e in self._connections if e[2] not in dead]
+            self._connections.append((threading.current_thread(), os.getpid(), conn))
+        for old in dead:
+            old.close()
         return conn
 
     def _set_wal(self, conn: sqlite3.Connection) -> None:
@@ -141,7 +148,9 @@ class ResponseCache:
         with self._lock:
             self._closed = True
             conns, self._connections = self._connections, []
-        for conn in conns:
+        for _, pid, conn in conns:
+            if pid != os.getpid():
+                continue  # inherited through fork: the parent owns it, the child must not touch it
             try:
                 conn.close()
             except sqlite3.Error:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import random
 import time
+import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -338,6 +340,40 @@ def test_concurrency_limit_is_respected(server: FakeOpenAIServer, make_client: M
     assert elapsed >= 32 / 4 * 0.05 * 0.9
 
 
+def test_concurrency_limit_holds_across_pool_shards(server: FakeOpenAIServer, make_client: MakeClient,
+                                                    qwen: Candidate, fast: ClientConfig) -> None:
+    server.latency_s = 0.05
+    config = dataclasses.replace(fast, max_concurrency=10, connections_per_pool=4)  # 3 pools of 4
+
+    async def go() -> list[CallResult]:
+        async with make_client(config) as client:
+            return await asyncio.gather(*(client.call(qwen, f"{QUERY} #{i}") for i in range(60)))
+
+    results = asyncio.run(go())
+    assert all(isinstance(r, CandidateReply) for r in results)
+    assert server.max_in_flight == 10
+    assert server.connections <= 12  # never more than the pools' combined size
+
+
+def test_client_survives_reuse_across_event_loops(server: FakeOpenAIServer, make_client: MakeClient,
+                                                  qwen: Candidate) -> None:
+    client = make_client()  # built outside any loop, used by two successive asyncio.run calls
+    first = asyncio.run(client.call(qwen, QUERY))
+
+    async def call_and_close() -> CallResult:
+        async with client:
+            return await client.call(qwen, QUERY)
+
+    second = asyncio.run(call_and_close())
+    assert isinstance(first, CandidateReply) and isinstance(second, CandidateReply)
+    with warnings.catch_warnings():
+        # The first loop's keep-alive sockets could not be closed from the second loop; they are
+        # released on collection. Collect here so the warning does not surface in a later test.
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    assert server.total_requests == 2
+
+
 def test_closed_client_fails_without_raising(make_client: MakeClient, qwen: Candidate) -> None:
     async def go() -> CallResult:
         client = make_client()
@@ -351,8 +387,8 @@ def test_closed_client_fails_without_raising(make_client: MakeClient, qwen: Cand
 
 def test_config_validation() -> None:
     bad: list[dict[str, Any]] = [
-        {"max_concurrency": 0}, {"max_attempts": 0}, {"read_timeout_s": 0}, {"connect_timeout_s": -1},
-        {"backoff_base_s": -0.1}, {"max_retry_after_s": -1},
+        {"max_concurrency": 0}, {"connections_per_pool": 0}, {"max_attempts": 0}, {"read_timeout_s": 0},
+        {"connect_timeout_s": -1}, {"backoff_base_s": -0.1}, {"max_retry_after_s": -1},
     ]
     for kwargs in bad:
         with pytest.raises(ValueError):
