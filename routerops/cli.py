@@ -28,6 +28,8 @@ from routerops.rollout import Trajectory
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="RouterOps: cost-aware LLM routers.")
 pool_app = typer.Typer(no_args_is_help=True, help="Candidate pool and price table.")
 app.add_typer(pool_app, name="pool")
+data_app = typer.Typer(no_args_is_help=True, help="The raw data snapshot (data/, tracked by data.dvc).")
+app.add_typer(data_app, name="data")
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -244,6 +246,39 @@ def trajectory_json(traj: Trajectory) -> dict[str, Any]:
                    "cost_usd": c.cost_usd, "origin": c.origin, "attempts": c.attempts, "failure": c.failure}
                   for c in traj.calls],
     }
+
+
+@data_app.command("seed")
+def data_seed(
+    from_hub: Annotated[bool, typer.Option("--from-hub", help=f"download FlashRAG configs from the hub")] = False,
+    dest: Annotated[Path, typer.Option(help="snapshot folder")] = REPO_ROOT / "data",
+) -> None:
+    """Fill data/ from ../shared/data (offline default) or the hub, then compare with data.dvc."""
+    import subprocess
+
+    from routerops.paths import shared_data_dir
+    from routerops.snapshot import seed_from_hub, seed_from_shared
+
+    try:
+        res = seed_from_hub(dest) if from_hub else seed_from_shared(shared_data_dir(), dest)
+    except (FileNotFoundError, ConnectionError) as exc:
+        raise _fail(str(exc), 1) from None
+    typer.echo(f"{dest}: {res.files} files, {res.bytes / 1e6:.1f} MB ({res.copied} written)")
+    dvc_file = dest.parent / f"{dest.name}.dvc"
+    if not dvc_file.is_file():
+        typer.echo(f"no {dvc_file.name} yet: record this version with `dvc add {dest.name}` and commit {dvc_file.name}")
+        return
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", dvc_file.name],
+                          cwd=dest.parent, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise _fail(f"dvc status failed: {proc.stderr.strip()}", 1)
+    changed = json.loads(proc.stdout or "{}")
+    if not changed:
+        typer.echo(f"matches the data version recorded in {dvc_file.name}")
+        return
+    typer.echo(f"{dest.name}/ differs from the version recorded in {dvc_file.name}: this is a new data version.\n"
+               f"Record it with `dvc add {dest.name} && git add {dvc_file.name} && git commit`, then `dvc push`.")
+    raise typer.Exit(3)
 
 
 def main() -> None:  # console-script entry point

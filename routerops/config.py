@@ -72,12 +72,63 @@ class DemoParams(_Section):
     seed: int = 0
 
 
+class DatasetInput(_Section):
+    path: str = Field(min_length=1)
+    format: Literal["flashrag", "nq_open", "hotpot_simplified", "r1searcher", "verl_parquet"]
+    split: Literal["train", "validation", "test"]
+    source: str | None = None
+
+    @model_validator(mode="after")
+    def _source_given(self) -> DatasetInput:
+        if self.format != "verl_parquet" and not self.source:
+            raise ValueError(f"{self.path}: format {self.format} needs a 'source'")
+        return self
+
+
+SplitSizes = dict[str, dict[str, int]]
+
+
+class BuildDatasetParams(_Section):
+    raw_dir: str = "data"
+    seed: int = 0
+    inputs: tuple[DatasetInput, ...] = Field(min_length=1)
+    sizes: dict[str, SplitSizes]
+    ability: str = "cost-aware-routing"
+    agent_name: str = "router_agent"
+    out_dir: str = "artifacts/dataset"
+    data_card: str = "metrics/data_card.json"
+
+    @model_validator(mode="after")
+    def _sizes_ok(self) -> BuildDatasetParams:
+        for profile, splits in self.sizes.items():
+            for split, counts in splits.items():
+                if split not in ("train", "validation", "test"):
+                    raise ValueError(f"sizes.{profile}: unknown split {split!r}")
+                for source, n in counts.items():
+                    if n < 0:
+                        raise ValueError(f"sizes.{profile}.{split}.{source} must be >= 0, got {n}")
+        return self
+
+    def sizes_for(self, profile: str) -> SplitSizes:
+        if profile not in self.sizes:
+            raise ValueError(f"build_dataset.sizes has no profile {profile!r} (have: {', '.join(self.sizes)})")
+        return self.sizes[profile]
+
+
 class Params(_Section):
+    profile: Literal["local", "gpu"] = "local"
     prompt: PromptParams = PromptParams()
     rollout: RolloutParams = RolloutParams()
     rewards: RewardsParams = RewardsParams()
     candidates: CandidatesParams = CandidatesParams()
     demo: DemoParams = DemoParams(route_to=("LLaMA-3.1-8B-Instruct",))
+    build_dataset: BuildDatasetParams | None = None
+
+    def require(self, section: str) -> Any:
+        value = getattr(self, section)
+        if value is None:
+            raise ParamsError(f"params.yaml has no '{section}' section")
+        return value
 
 
 class ParamsError(ValueError):
