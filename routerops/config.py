@@ -115,6 +115,12 @@ class BuildDatasetParams(_Section):
         return self.sizes[profile]
 
 
+class ValidateDatasetParams(_Section):
+    tokenizer: str = "bytes"
+    out_dir: str = "artifacts/validation"
+    metrics: str = "metrics/validation.json"
+
+
 class Params(_Section):
     profile: Literal["local", "gpu"] = "local"
     prompt: PromptParams = PromptParams()
@@ -123,6 +129,7 @@ class Params(_Section):
     candidates: CandidatesParams = CandidatesParams()
     demo: DemoParams = DemoParams(route_to=("LLaMA-3.1-8B-Instruct",))
     build_dataset: BuildDatasetParams | None = None
+    validate_dataset: ValidateDatasetParams | None = None
 
     def require(self, section: str) -> Any:
         value = getattr(self, section)
