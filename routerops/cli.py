@@ -250,7 +250,7 @@ def trajectory_json(traj: Trajectory) -> dict[str, Any]:
 
 @data_app.command("seed")
 def data_seed(
-    from_hub: Annotated[bool, typer.Option("--from-hub", help=f"download FlashRAG configs from the hub")] = False,
+    from_hub: Annotated[bool, typer.Option("--from-hub", help="download FlashRAG configs from the hub")] = False,
     dest: Annotated[Path, typer.Option(help="snapshot folder")] = REPO_ROOT / "data",
 ) -> None:
     """Fill data/ from ../shared/data (offline default) or the hub, then compare with data.dvc."""

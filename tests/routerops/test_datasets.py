@@ -27,7 +27,7 @@ def test_hotpot_simplified_loader(shared_data) -> None:
 
 
 def test_r1searcher_loader(shared_data) -> None:
-    rows, rep = load_file(shared_data / "hotpotqa/r1searcher_stage2_train.jsonl", "r1searcher", "train", "multihopqa")
+    rows, _ = load_file(shared_data / "hotpotqa/r1searcher_stage2_train.jsonl", "r1searcher", "train", "multihopqa")
     assert len(rows) == 8148 and rows[0].id == "multihopqa:train:r1s1" and rows[0].golden_answers == ("filmmaker",)
 
 
@@ -46,7 +46,7 @@ def test_verl_parquet_loader_splits_aliases(shared_data) -> None:
 
 
 def test_flashrag_loader_on_hub_schema_sample(shared_data) -> None:
-    rows, rep = load_file(shared_data / "flashrag/nq_test_sample.jsonl", "flashrag", "test", "nq")
+    rows, _ = load_file(shared_data / "flashrag/nq_test_sample.jsonl", "flashrag", "test", "nq")
     # 17 rows, test_0..test_16 (the data README says 16: the last line has no newline)
     assert len(rows) == 17 and rows[0].id == "nq:test:test_0"
     assert rows[0].golden_answers == ("Wilhelm Conrad Röntgen",)
