@@ -1,41 +1,84 @@
 """The RouterOps pipeline flow (`make demo` runs it on the embedded local profile).
 
-Today it validates the pool and answers a handful of real questions with the scripted router and
-the offline replay pool; later stages (dataset build and validation, training, evaluation,
-packaging) join this same flow.
+validate the pool -> start the loopback S3 store and point DVC at it -> seed the raw snapshot
+(checked against data.dvc) -> `dvc repro` (build and validate the dataset; DVC decides what
+re-runs) -> gate on validation -> `dvc push` -> answer sample questions with the scripted
+router. Training, evaluation and packaging join this flow as they land.
 """
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
+from typing import Any
 
 from prefect import flow
 
-from flows.tasks import publish_markdown, run_stage, validate_pool
-from routerops.paths import default_pool_file, runs_dir
+from flows.tasks import (
+    REPO_ROOT,
+    dvc_push,
+    dvc_repro,
+    publish_markdown,
+    read_metrics,
+    run_stage,
+    seed_data,
+    start_local_s3,
+    validate_pool,
+)
+from routerops.paths import runs_dir
 
 
-def _summary_markdown(summary: dict) -> str:
-    replay = summary["replay"]
-    return "\n".join([
-        "| metric | value |", "|---|---|",
-        f"| questions | {summary['questions']} |",
-        f"| exact match | {summary['em']:.3f} |",
-        f"| format valid | {summary['format_valid']:.3f} |",
-        f"| USD per question | {summary['usd_per_question']:.8f} |",
-        f"| calls per question | {summary['calls_per_question']:.2f} |",
-        f"| calls replayed from recorded scores | {replay['replayed_from_recorded']} of {replay['calls']} |",
-        f"| pool snapshot / prices | {summary['pool_snapshot']} / {summary['prices_id']} |",
-    ])
+class GateFailed(RuntimeError):
+    pass
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    return "\n".join(["| metric | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+
+
+def _data_card_markdown(card: dict[str, Any]) -> str:
+    lines = ["| split | rows per source |", "|---|---|"]
+    for split, counts in card["rows"].items():
+        lines.append(f"| {split} | {', '.join(f'{k} {v}' for k, v in counts.items())} |")
+    removed = sum(n for split in card["duplicates_removed"].values() for n in split.values())
+    rejected = sum(n for f in card["files"].values() for n in f["rejected"].values())
+    lines += ["", f"Duplicates removed: {removed}; raw rows rejected: {rejected}; "
+              f"pool snapshot {card['pool_snapshot']}."]
+    return "\n".join(lines)
 
 
 @flow(name="routerops-pipeline")
-def pipeline() -> dict:
+def pipeline(repo: Path = REPO_ROOT, seed: bool = True, push: bool = True, samples: bool = True) -> dict[str, Any]:
+    from routerops.paths import default_pool_file
+
     validate_pool(str(default_pool_file()))
-    run_stage("route_samples")
-    summary = json.loads((runs_dir() / "route_samples" / "summary.json").read_text())
-    publish_markdown("route-samples", _summary_markdown(summary), "Scripted router on real NQ questions (replay pool)")
-    print(_summary_markdown(summary))
+    if push:
+        start_local_s3(repo)
+    if seed:
+        seed_data(repo)
+    dvc_repro(repo)
+    validation = read_metrics("metrics/validation.json", repo)
+    if not validation["success"]:  # dvc repro already fails on this; the gate guards the push
+        raise GateFailed(f"dataset validation failed: {validation}")
+    card = read_metrics("metrics/data_card.json", repo)
+    publish_markdown("data-card", _data_card_markdown(card), "Rows per split and source, duplicates, rejects")
+    print(_data_card_markdown(card))
+    if push:
+        dvc_push(repo)
+    summary: dict[str, Any] = {"data_card": card, "validation": validation}
+    if samples:
+        run_stage("route_samples", repo)
+        import json
+
+        summary["route_samples"] = s = json.loads((runs_dir() / "route_samples" / "summary.json").read_text())
+        table = _table([
+            ("questions", s["questions"]), ("exact match", f"{s['em']:.3f}"),
+            ("format valid", f"{s['format_valid']:.3f}"), ("USD per question", f"{s['usd_per_question']:.8f}"),
+            ("calls per question", f"{s['calls_per_question']:.2f}"),
+            ("calls replayed from recorded scores", f"{s['replay']['replayed_from_recorded']} of {s['replay']['calls']}"),
+            ("pool snapshot / prices", f"{s['pool_snapshot']} / {s['prices_id']}"),
+        ])
+        publish_markdown("route-samples", table, "Scripted router on real NQ questions (replay pool)")
+        print(table)
     return summary
 
 

@@ -1,14 +1,17 @@
-"""Small Prefect tasks shared by flows: run a command or stage, publish artifacts.
+"""Small Prefect tasks shared by flows: run a command, a DVC step, or publish an artifact.
 
-Tasks shell out (the same commands a person or `dvc repro` runs) so that a flow adds
-scheduling, retries, timeouts and reporting, never logic of its own.
+Tasks shell out to the same commands a person runs (`dvc repro`, `dvc push`, `python -m ...`),
+so a flow adds scheduling, retries, timeouts and reporting, never logic of its own.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -20,25 +23,71 @@ class CommandFailed(RuntimeError):
     pass
 
 
-def run_command(args: list[str], *, echo: bool = True) -> str:
-    """Run in the repo root, stream output, and fail with the command's tail on error."""
-    proc = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True)
-    if echo and proc.stdout:
+def _env() -> dict[str, str]:
+    # DVC stage commands say `python`: make it this interpreter, whatever PATH the caller had.
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    return env
+
+
+def run_command(args: list[str], *, cwd: Path | None = None, timeout_s: float | None = None) -> str:
+    """Run, echo the output, and fail with the command's last lines on a non-zero exit."""
+    try:
+        proc = subprocess.run(args, cwd=cwd or REPO_ROOT, capture_output=True, text=True, env=_env(),
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise CommandFailed(f"{' '.join(args)} did not finish in {timeout_s} s") from None
+    if proc.stdout:
         sys.stdout.write(proc.stdout)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
-        raise CommandFailed(f"{' '.join(args)} exited {proc.returncode}:\n{tail}")
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise CommandFailed(f"`{' '.join(args)}` exited {proc.returncode}:\n{tail}")
     return proc.stdout
 
 
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
 @task(name="validate-pool", timeout_seconds=120)
-def validate_pool(pool_file: str = "pool.yaml") -> str:
-    return run_command([sys.executable, "-m", "routerops.cli", "pool", "validate", pool_file])
+def validate_pool(pool_file: str) -> str:
+    return run_command(python_module("routerops.cli", "pool", "validate", pool_file))
+
+
+@task(name="start-local-s3", timeout_seconds=180, retries=1, retry_delay_seconds=5)
+def start_local_s3(repo: Path = REPO_ROOT) -> str:
+    """Start (or find running) the loopback S3 store and point DVC's default remote at it."""
+    out = run_command(python_module("infra.local.s3", "start"), cwd=repo)
+    out += run_command(python_module("infra.local.dvc_remote", "configure"), cwd=repo)
+    return out
+
+
+@task(name="seed-data", timeout_seconds=900)
+def seed_data(repo: Path = REPO_ROOT) -> str:
+    """Fill data/ and check it is the data version recorded in data.dvc (exit 3 if not)."""
+    return run_command(python_module("routerops.cli", "data", "seed", "--dest", str(repo / "data")), cwd=repo)
+
+
+@task(name="dvc-repro", timeout_seconds=3600)
+def dvc_repro(repo: Path = REPO_ROOT) -> str:
+    """DVC alone decides what re-runs; a failing stage (e.g. validation) fails this task."""
+    return run_command(python_module("dvc", "repro"), cwd=repo)
+
+
+@task(name="dvc-push", timeout_seconds=1800, retries=2, retry_delay_seconds=10)
+def dvc_push(repo: Path = REPO_ROOT) -> str:
+    return run_command(python_module("dvc", "push"), cwd=repo)
+
+
+@task(name="read-metrics", timeout_seconds=30)
+def read_metrics(path: str, repo: Path = REPO_ROOT) -> dict[str, Any]:
+    return json.loads((repo / path).read_text())
 
 
 @task(name="run-stage", timeout_seconds=1800, task_run_name="stage-{module}")
-def run_stage(module: str) -> str:
-    return run_command([sys.executable, "-m", f"stages.{module}"])
+def run_stage(module: str, repo: Path = REPO_ROOT) -> str:
+    return run_command(python_module(f"stages.{module}"), cwd=repo)
 
 
 @task(name="publish-markdown", timeout_seconds=60)

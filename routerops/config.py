@@ -121,6 +121,81 @@ class ValidateDatasetParams(_Section):
     metrics: str = "metrics/validation.json"
 
 
+class LocalTrainParams(_Section):
+    vocab_size: int = Field(1024, ge=300, le=65536)
+    hidden_size: int = Field(128, ge=8)
+    intermediate_size: int = Field(256, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(2, ge=1)
+    sft_examples: int = Field(2400, ge=1)
+    sft_epochs: int = Field(2, ge=0)
+    sft_batch_size: int = Field(16, ge=1)
+    sft_lr: float = Field(2e-3, gt=0)
+    grpo_steps: int = Field(30, ge=0)
+    questions_per_step: int = Field(8, ge=1)
+    group_size: int = Field(4, ge=2)
+    grpo_lr: float = Field(2e-4, gt=0)
+    kl_coef: float = Field(1e-3, ge=0)
+    clip_ratio: float = Field(0.2, gt=0, lt=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens_per_turn: int = Field(48, ge=4)
+    checkpoint_every: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _heads(self) -> LocalTrainParams:
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("hidden_size must divide by num_heads, and num_heads by num_kv_heads")
+        return self
+
+
+class VerlTrainParams(_Section):
+    model_path: str = "Qwen/Qwen2.5-3B-Instruct"
+    algorithm: Literal["grpo", "ppo"] = "grpo"
+    group_size: int = Field(5, ge=1)
+    train_batch_size: int = Field(64, ge=1)
+    ppo_mini_batch_size: int = Field(32, ge=1)
+    ppo_micro_batch_size_per_gpu: int = Field(4, ge=1)
+    actor_lr: float = Field(1e-6, gt=0)
+    critic_lr: float = Field(1e-5, gt=0)
+    kl_coef: float = Field(1e-3, ge=0)
+    total_training_steps: int = Field(225, ge=1)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(1.0, ge=0, le=1)
+    rollout_name: Literal["vllm", "sglang"] = "vllm"
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    tensor_model_parallel_size: int = Field(1, ge=1)
+    max_response_length: int = Field(4096, ge=1)
+    nnodes: int = Field(1, ge=1)
+    n_gpus_per_node: int = Field(4, ge=1)
+    ray_address: str | None = None
+    save_freq: int = 25
+    test_freq: int = 25
+    logger: tuple[str, ...] = ("console",)
+    project_name: str = "routerops"
+    experiment_name: str = "router-r1-grpo"
+
+    @model_validator(mode="after")
+    def _batches(self) -> VerlTrainParams:
+        if self.ppo_mini_batch_size > self.train_batch_size:
+            raise ValueError("ppo_mini_batch_size must not exceed train_batch_size")
+        return self
+
+
+class TrainRouterParams(_Section):
+    backend: Literal["local", "verl"] = "local"
+    seed: int = 0
+    out_dir: str = "artifacts/router"
+    checkpoint_dir: str = "checkpoints/train_router"
+    metrics: str = "metrics/train.json"
+    history: str = "plots/train_history.csv"
+    local: LocalTrainParams = LocalTrainParams()
+    verl: VerlTrainParams = VerlTrainParams()
+
+
 class Params(_Section):
     profile: Literal["local", "gpu"] = "local"
     prompt: PromptParams = PromptParams()
@@ -130,6 +205,7 @@ class Params(_Section):
     demo: DemoParams = DemoParams(route_to=("LLaMA-3.1-8B-Instruct",))
     build_dataset: BuildDatasetParams | None = None
     validate_dataset: ValidateDatasetParams | None = None
+    train_router: TrainRouterParams | None = None
 
     def require(self, section: str) -> Any:
         value = getattr(self, section)
