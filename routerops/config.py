@@ -20,7 +20,13 @@ class _Section(BaseModel):
 
 class PromptParams(_Section):
     show_prices: bool = False
-    template: str | None = None
+    # A template path (or null for the built-in one), or a mapping profile -> path/null.
+    template: str | dict[str, str | None] | None = None
+
+    def template_for(self, profile: str) -> str | None:
+        if isinstance(self.template, dict):
+            return self.template.get(profile)
+        return self.template
 
 
 class RolloutParams(_Section):

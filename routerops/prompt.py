@@ -1,6 +1,7 @@
 """The router's prompt, rendered from the pool in our own words; a user template may replace it.
 
-A template is a `string.Template` text with `$question`, `$candidates` and `$max_turns`
+A template is a `string.Template` text with `$question`, `$candidates` (one line per model with
+its descriptor) or `$model_names` (names only, comma-separated), and optionally `$max_turns`
 (`$$` for a literal dollar sign). The default lists each candidate with its descriptor and,
 when asked, its output price; prices are off by default so that a price change does not change
 the prompts, and with them the training data (see params `prompt.show_prices`).
@@ -35,8 +36,7 @@ $candidates
 
 Question: $question"""
 
-REQUIRED = ("question", "candidates")
-ALLOWED = frozenset({"question", "candidates", "max_turns"})
+ALLOWED = frozenset({"question", "candidates", "model_names", "max_turns"})
 
 
 class TemplateError(ValueError):
@@ -66,7 +66,8 @@ def load_template(path: str | Path) -> str:
     """Read and check a user template: required placeholders present, no unknown ones."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        # A file's final newline is not part of the prompt.
+        text = p.read_text(encoding="utf-8").rstrip("\n")
     except OSError as exc:
         raise TemplateError(f"{p}: cannot read template ({exc.strerror})") from None
     check_template(text, str(p))
@@ -75,9 +76,11 @@ def load_template(path: str | Path) -> str:
 
 def check_template(text: str, where: str = "<template>") -> None:
     names = _placeholders(text)
-    missing = [n for n in REQUIRED if n not in names]
+    missing = [] if "question" in names else ["$question"]
+    if not names & {"candidates", "model_names"}:
+        missing.append("$candidates or $model_names")
     if missing:
-        raise TemplateError(f"{where}: missing placeholder(s) {', '.join('$' + m for m in missing)}")
+        raise TemplateError(f"{where}: missing placeholder(s) {', '.join(missing)}")
     unknown = sorted(names - ALLOWED)
     if unknown:
         raise TemplateError(f"{where}: unknown placeholder(s) {', '.join('$' + u for u in unknown)}; "
@@ -102,6 +105,7 @@ def render_prompt(question: str, pool: Pool, *, max_turns: int = 4, show_prices:
     return string.Template(tmpl).substitute(
         question=normalize_question(question),
         candidates=render_candidates(pool, show_prices),
+        model_names=", ".join(c.name for c in pool),
         max_turns=max_turns,
     )
 

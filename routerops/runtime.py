@@ -16,7 +16,7 @@ from routerops.candidates.cache import CachedBackend, ResponseCache
 from routerops.candidates.client import ClientConfig, OpenAIChatClient
 from routerops.candidates.replay import QualityMatrix, ReplayPool
 from routerops.candidates.types import CandidateBackend, QuestionInfo
-from routerops.config import CandidatesParams, Params, PromptParams
+from routerops.config import CandidatesParams, Params
 from routerops.paths import REPO_ROOT, shared_data_dir
 from routerops.pool import Pool
 from routerops.prompt import apply_chat_template, build_messages, load_template
@@ -69,16 +69,29 @@ def build_backend(p: CandidatesParams, *, distractor_questions: Iterable[Questio
     return Backends(CachedBackend(client, cache), run_budget, client=client, cache=cache)
 
 
-def encode_prompt(question: str, pool: Pool, tokenizer: Any, prompt: PromptParams, max_turns: int) -> list[int]:
-    template = load_template(prompt.template) if prompt.template else None
-    messages = build_messages(question, pool, max_turns=max_turns, show_prices=prompt.show_prices, template=template)
-    return list(tokenizer.encode(apply_chat_template(tokenizer, messages), add_special_tokens=False))
+def prompt_template(params: Params) -> str | None:
+    """The profile's prompt template text (paths are relative to the repository), or None."""
+    path = params.prompt.template_for(params.profile)
+    if path is None:
+        return None
+    p = Path(path)
+    return load_template(p if p.is_absolute() else REPO_ROOT / p)
+
+
+def router_messages(question: str, pool: Pool, params: Params) -> list[dict[str, str]]:
+    return build_messages(question, pool, max_turns=params.rollout.max_turns,
+                          show_prices=params.prompt.show_prices, template=prompt_template(params))
+
+
+def encode_prompt(question: str, pool: Pool, tokenizer: Any, params: Params) -> list[int]:
+    text = apply_chat_template(tokenizer, router_messages(question, pool, params))
+    return list(tokenizer.encode(text, add_special_tokens=False))
 
 
 async def route_questions(questions: Sequence[QuestionInfo], *, params: Params, pool: Pool, tokenizer: Tokenizer,
                           generator: TokenGenerator, backends: Backends) -> list[Trajectory]:
     """Answer questions with the router: prompts from params, one request budget per episode."""
-    items = [(q, encode_prompt(q.text, pool, tokenizer, params.prompt, params.rollout.max_turns)) for q in questions]
+    items = [(q, encode_prompt(q.text, pool, tokenizer, params)) for q in questions]
     budgets = [RequestBudget(params.candidates.request_budget_usd, backends.run_budget) for _ in questions]
     return await run_episodes(items, concurrency=params.rollout.concurrency, budgets=budgets, generator=generator,
                               tokenizer=tokenizer, pool=pool, backend=backends.backend, limits=params.rollout.limits())

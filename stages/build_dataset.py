@@ -23,7 +23,7 @@ from routerops.datasets import CanonicalRow, DatasetFileError, LoadReport, dedup
 from routerops.io import atomic_dir, write_json_atomic
 from routerops.paths import REPO_ROOT, default_pool_file
 from routerops.pool import Pool, load_pool
-from routerops.prompt import build_messages, load_template
+from routerops.runtime import router_messages
 
 SPLITS = ("train", "validation", "test")
 
@@ -68,10 +68,9 @@ def _dedup(rows_by_split: dict[str, list[CanonicalRow]]) -> tuple[dict[str, list
     return out, {s: dict(sorted(c.items())) for s, c in removed.items()}
 
 
-def _verl_row(row: CanonicalRow, index: int, params: Params, pool: Pool, template: str | None) -> dict[str, Any]:
+def _verl_row(row: CanonicalRow, index: int, params: Params, pool: Pool) -> dict[str, Any]:
     bp = params.require("build_dataset")
-    messages = build_messages(row.question, pool, max_turns=params.rollout.max_turns,
-                              show_prices=params.prompt.show_prices, template=template)
+    messages = router_messages(row.question, pool, params)
     return {
         "data_source": row.data_source,
         "prompt": messages,
@@ -96,7 +95,6 @@ def _answer_stats(rows: list[CanonicalRow]) -> dict[str, float]:
 def run(params: Params, inputs: Inputs) -> Outputs:
     bp: BuildDatasetParams = params.require("build_dataset")
     sizes = bp.sizes_for(params.profile)
-    template = load_template(params.prompt.template) if params.prompt.template else None
 
     loaded: dict[str, list[CanonicalRow]] = {s: [] for s in SPLITS}
     reports: list[LoadReport] = []
@@ -114,7 +112,7 @@ def run(params: Params, inputs: Inputs) -> Outputs:
     for split in SPLITS:
         rl[split] = []
         for row in sampled[split]:
-            rl[split].append(_verl_row(row, index, params, inputs.pool, template))
+            rl[split].append(_verl_row(row, index, params, inputs.pool))
             index += 1
     canonical = [r.as_dict() for split in SPLITS for r in sampled[split]]
 

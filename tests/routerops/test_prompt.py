@@ -52,8 +52,9 @@ def test_user_template_replaces_ours(pool, tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("body", "message"), [
-    ("no placeholders", "missing placeholder(s) $question, $candidates"),
-    ("$question only", "missing placeholder(s) $candidates"),
+    ("no placeholders", "missing placeholder(s) $question, $candidates or $model_names"),
+    ("$question only", "missing placeholder(s) $candidates or $model_names"),
+    ("$candidates only", "missing placeholder(s) $question"),
     ("$question $candidates $price", "unknown placeholder(s) $price"),
     ("$question $candidates costs $ 5", "invalid '$'"),
 ])
@@ -83,3 +84,9 @@ def test_chat_template_fallback_and_hf(pool) -> None:
             return "RENDERED:" + conversation[0]["content"][:5]
 
     assert apply_chat_template(WithTemplate(), msgs) == "RENDERED:" + msgs[0]["content"][:5]
+
+
+def test_names_only_template(pool, repo_root) -> None:
+    text = render_prompt("who?", pool, template=load_template(repo_root / "templates" / "compact.txt"))
+    assert "Qwen2.5-7B-Instruct, LLaMA-3.1-8B-Instruct" in text and text.endswith("who?")
+    assert pool.get("Qwen2.5-7B-Instruct").descriptor not in text
