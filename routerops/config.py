@@ -148,6 +148,7 @@ class LocalTrainParams(_Section):
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens_per_turn: int = Field(48, ge=4)
     checkpoint_every: int = Field(5, ge=1)
+    sub_question: Literal["delegate", "question"] = "delegate"
 
     @model_validator(mode="after")
     def _heads(self) -> LocalTrainParams:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +44,20 @@ class ScriptedRouter:
     With `answer_directly_with` set it answers at once without routing (a no-call baseline).
     """
 
-    def __init__(self, tokenizer: Tokenizer, route_to: Sequence[str], fallback_answer: str = "unknown") -> None:
-        if not route_to:
+    def __init__(self, tokenizer: Tokenizer, route_to: Sequence[str] | Callable[[str], Sequence[str]],
+                 fallback_answer: str = "unknown", query: str | None = None) -> None:
+        """`route_to` is a fixed order, or a function of the question giving its order.
+
+        The sub-question is the question itself, or the fixed `query` (a delegation phrase the
+        tiny local policy can learn; candidates then answer the episode's question only in the
+        replay pool, which keys correctness on it).
+        """
+        if not callable(route_to) and not route_to:
             raise ValueError("route_to needs at least one model name")
         self.tokenizer = tokenizer
-        self.route_to = list(route_to)
+        self.route_to = route_to
         self.fallback_answer = fallback_answer
+        self.query = query
 
     def next_turn(self, context: str) -> str:
         qm = list(_QUESTION_RE.finditer(context))
@@ -59,11 +67,12 @@ class ScriptedRouter:
         for reply in reversed(replies):
             ans = extract_reply_answer(reply)
             if ans:
-                return f"<think>The reply gives the answer {ans}.</think>\n<answer>{ans}</answer>"
-        if len(replies) < len(self.route_to):
-            model = self.route_to[len(replies)]
+                return f"<think>The reply answers it.</think>\n<answer>{ans}</answer>"
+        order = list(self.route_to(question) if callable(self.route_to) else self.route_to)
+        if len(replies) < len(order):
+            model = order[len(replies)]
             why = "I should ask a model." if not replies else "That did not answer it; I will ask another model."
-            return f"<think>{why}</think>\n<search>{model}: {question}</search>"
+            return f"<think>{why}</think>\n<search>{model}: {self.query or question}</search>"
         return f"<think>No model could answer.</think>\n<answer>{self.fallback_answer}</answer>"
 
     async def generate(self, prompt_ids: list[int], *, max_new_tokens: int, stop: Sequence[str]) -> Generation:

@@ -1,0 +1,351 @@
+"""The local (CPU) training backend: a tiny router that really learns, in minutes.
+
+1. Tokenizer and model built offline from the dataset (see tiny_policy).
+2. Warm start: supervised fine-tuning on synthetic protocol trajectories, produced by running the
+   real rollout loop with a scripted router (random model order per question) against the replay
+   pool, so the masks and tokenisation are exactly those of RL. Observation tokens are masked.
+3. GRPO over groups of rollouts per question with verl's own advantage, policy-loss and KL
+   functions (through the verl adapter, the same math as the GPU path), the shared rollout loop,
+   the replay pool and the reward with alpha from params.
+
+Checkpoints (every `checkpoint_every` steps) hold model, optimiser, RNG states, step, and the
+cost normaliser state; they are written atomically, and a killed run resumes from the newest
+complete one and continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import shutil
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from routerops.candidates.replay import ReplayPool
+from routerops.candidates.types import QuestionInfo
+from routerops.config import LocalTrainParams, Params
+from routerops.io import atomic_dir, write_json_atomic, write_text_atomic
+from routerops.policy import ScriptedRouter
+from routerops.pool import Pool
+from routerops.rewards import CostNormalizer, ScoreItem, SlidingWindowNormalizer, normalizer_from_state, score_batch
+from routerops.rollout import RolloutLimits, Trajectory, run_episodes
+from routerops.runtime import encode_prompt
+from routerops.training import verl_backend as verl_math
+from routerops.training.tiny_policy import BatchedGenerator, build_model, load_policy, train_tokenizer
+
+__all__ = ["DELEGATE_QUERY", "LocalTrainer", "TrainResult", "step_metrics", "write_history"]
+
+# The sub-question the tiny policy learns to send with `sub_question: delegate`.
+DELEGATE_QUERY = "please answer the user's question"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    history: list[dict[str, Any]]
+    final: dict[str, Any]
+    out_dir: Path
+
+
+def _limits(params: Params, lp: LocalTrainParams) -> RolloutLimits:
+    r = params.rollout
+    return RolloutLimits(r.max_turns, lp.max_tokens_per_turn, r.max_obs_tokens, r.max_prompt_tokens,
+                         r.max_context_tokens)
+
+
+def step_metrics(trajs: Sequence[Trajectory], scores: Sequence[Any], pool: Pool) -> dict[str, Any]:
+    """Reward, format-valid rate, EM, USD and calls per question, and call share per model."""
+    n = len(trajs)
+    calls = Counter(c.model for t in trajs for c in t.calls if c.ok)
+    total = sum(calls.values())
+    out: dict[str, Any] = {
+        "reward": sum(s.reward for s in scores) / n,
+        "format_valid": sum(s.format_valid for s in scores) / n,
+        "em": sum(s.em for s in scores) / n,
+        "usd_per_question": sum(t.cost_usd for t in trajs) / n,
+        "calls_per_question": total / n,
+    }
+    for c in pool:
+        out[f"share/{c.name}"] = calls[c.name] / total if total else 0.0
+    return out
+
+
+class LocalTrainer:
+    """Runs SFT then GRPO; `run()` resumes from `checkpoint_dir` when a checkpoint exists."""
+
+    def __init__(self, params: Params, pool: Pool, train_questions: Sequence[QuestionInfo],
+                 replay: ReplayPool, checkpoint_dir: Path, *, progress: bool = True,
+                 on_step: Callable[[int], None] | None = None) -> None:
+        tp = params.require("train_router")
+        self.params, self.pool, self.lp = params, pool, tp.local
+        self.seed = tp.seed
+        self.questions = list(train_questions)
+        if not self.questions:
+            raise ValueError("no training questions")
+        self.replay = replay
+        self.ckpt_dir = checkpoint_dir
+        self.progress = progress
+        self.on_step = on_step  # test hook: called after each completed (and checkpointed) step
+        self.limits = _limits(params, self.lp)
+
+    # ----- set-up ------------------------------------------------------------------------------
+
+    def _prepare(self) -> tuple[Any, Any]:
+        """Tokenizer + SFT'd model, from the checkpoint dir if SFT already ran."""
+        sft_dir = self.ckpt_dir / "sft"
+        if (sft_dir / "_COMPLETE").is_file():
+            return load_policy(sft_dir)
+        texts = [m["content"] for q in self.questions for m in self._messages(q)]
+        texts += [a for q in self.questions for a in q.golden_answers]
+        tokenizer = train_tokenizer(texts, self.lp.vocab_size)
+        model = build_model(self.lp, len(tokenizer), tokenizer.eos_token_id, self.seed)
+        self._sft(model, tokenizer)
+        with atomic_dir(sft_dir) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        return model, tokenizer
+
+    def _messages(self, q: QuestionInfo) -> list[dict[str, str]]:
+        from routerops.runtime import router_messages
+
+        return router_messages(q.text, self.pool, self.params)
+
+    def _encode(self, tokenizer: Any, q: QuestionInfo) -> list[int]:
+        return encode_prompt(q.text, self.pool, tokenizer, self.params)
+
+    def synthetic_trajectories(self, tokenizer: Any, n: int) -> list[Trajectory]:
+        """Valid think/search/information/answer traces with varied model choices."""
+        rng = random.Random(f"{self.seed}:sft")
+        names = list(self.pool.names)
+        orders: dict[str, list[str]] = {}
+
+        def order(question: str) -> list[str]:
+            return orders[question]
+
+        picked = [rng.choice(self.questions) for _ in range(n)]
+        items = []
+        for q in picked:
+            key = f"{q.text}"
+            orders.setdefault(key.strip(), rng.sample(names, k=2))
+            items.append((q, self._encode(tokenizer, q)))
+        query = None if self.lp.sub_question == "question" else DELEGATE_QUERY
+        router = ScriptedRouter(tokenizer, lambda question: order(question.strip()), query=query)
+        limits = RolloutLimits(2, 256, self.limits.max_obs_tokens, self.limits.max_prompt_tokens,
+                               self.limits.max_context_tokens)
+        return asyncio.run(run_episodes(items, concurrency=64, generator=router, tokenizer=tokenizer,
+                                        pool=self.pool, backend=self.replay, limits=limits))
+
+    def _sft(self, model: Any, tokenizer: Any) -> None:
+        lp = self.lp
+        trajs = self.synthetic_trajectories(tokenizer, lp.sft_examples)
+        g = torch.Generator().manual_seed(self.seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=lp.sft_lr, weight_decay=0.0)
+        model.train()
+        steps = lp.sft_epochs * ((len(trajs) + lp.sft_batch_size - 1) // lp.sft_batch_size)
+        bar = tqdm(total=steps, desc="sft", disable=not self.progress, leave=False)
+        for _ in range(lp.sft_epochs):
+            order = torch.randperm(len(trajs), generator=g).tolist()
+            for b in range(0, len(order), lp.sft_batch_size):
+                batch = [trajs[i] for i in order[b:b + lp.sft_batch_size]]
+                ids, attn, labels_mask = _pack([t.prompt_ids for t in batch], [t.response_ids for t in batch],
+                                               [t.loss_mask for t in batch], tokenizer.pad_token_id)
+                logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+                target = ids[:, 1:]
+                mask = labels_mask[:, 1:].float()
+                nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                                        reduction="none").view_as(mask)
+                loss = (nll * mask).sum() / mask.sum().clamp(min=1)
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.close()
+
+    # ----- checkpoints -------------------------------------------------------------------------
+
+    def _latest(self) -> Path | None:
+        done = sorted(p for p in self.ckpt_dir.glob("step_*") if (p / "_COMPLETE").is_file())
+        return done[-1] if done else None
+
+    def _save(self, step: int, model: Any, opt: Any, normalizer: CostNormalizer,
+              history: list[dict[str, Any]]) -> None:
+        with atomic_dir(self.ckpt_dir / f"step_{step:05d}") as tmp:
+            torch.save({k: v.clone() for k, v in model.state_dict().items()}, tmp / "model.pt")
+            torch.save(opt.state_dict(), tmp / "optimizer.pt")
+            torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
+                        "numpy": np.random.get_state()}, tmp / "rng.pt")
+            write_json_atomic(tmp / "state.json", {"step": step, "normalizer": normalizer.state_dict(),
+                                                   "history": history})
+        # Keep the two newest: one may be mid-write when the process dies.
+        for old in sorted(self.ckpt_dir.glob("step_*"))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _load(self, path: Path, model: Any, opt: Any) -> tuple[int, CostNormalizer, list[dict[str, Any]]]:
+        model.load_state_dict(torch.load(path / "model.pt"))
+        opt.load_state_dict(torch.load(path / "optimizer.pt"))
+        rng = torch.load(path / "rng.pt", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        state = json.loads((path / "state.json").read_text())
+        return int(state["step"]), normalizer_from_state(state["normalizer"]), list(state["history"])
+
+    # ----- GRPO --------------------------------------------------------------------------------
+
+    def run(self, out_dir: Path) -> TrainResult:
+        lp = self.lp
+        torch.manual_seed(self.seed)
+        random.seed(self.seed)
+        np.random.seed(self.seed)
+        model, tokenizer = self._prepare()
+        ref, _ = load_policy(self.ckpt_dir / "sft")
+        ref.eval()
+        opt = torch.optim.AdamW(model.parameters(), lr=lp.grpo_lr, weight_decay=0.0)
+        normalizer: CostNormalizer = SlidingWindowNormalizer(self.params.rewards.window)
+        history: list[dict[str, Any]] = []
+        start = 0
+        latest = self._latest()
+        if latest is not None:
+            start, normalizer, history = self._load(latest, model, opt)
+        elif not history:
+            history.append({"step": 0, **self.evaluate_batch(model, tokenizer, 0)[0]})
+
+        bar = tqdm(total=lp.grpo_steps, initial=start, desc="grpo", disable=not self.progress)
+        for step in range(start, lp.grpo_steps):
+            metrics, normalizer = self._grpo_step(step, model, ref, tokenizer, opt, normalizer)
+            history.append({"step": step + 1, **metrics})
+            if (step + 1) % lp.checkpoint_every == 0 or step + 1 == lp.grpo_steps:
+                self._save(step + 1, model, opt, normalizer, history)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", fmt=f"{metrics['format_valid']:.2f}",
+                            em=f"{metrics['em']:.2f}")
+            if self.on_step is not None:
+                self.on_step(step + 1)
+        bar.close()
+
+        with atomic_dir(out_dir) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            write_json_atomic(tmp / "routerops.json", {
+                "backend": "local", "pool_snapshot": self.pool.snapshot_id, "prices_id": self.pool.pricing.id,
+                "alpha": self.params.rewards.alpha, "grpo_steps": lp.grpo_steps, "seed": self.seed})
+        return TrainResult(history, history[-1], out_dir)
+
+    def evaluate_batch(self, model: Any, tokenizer: Any, step: int) -> tuple[dict[str, Any], list[Trajectory]]:
+        """Metrics of one sampled batch without learning (the step-0 point of the curve)."""
+        trajs = self._rollouts(step, model, tokenizer)
+        scores, _ = score_batch([ScoreItem(t.segments, t.question.golden_answers, t.usages()) for t in trajs],
+                                self.pool, self.params.rewards.alpha,
+                                SlidingWindowNormalizer(self.params.rewards.window), self.params.rewards.outcome)
+        return {**step_metrics(trajs, scores, self.pool), "kl": 0.0, "entropy": 0.0, "pg_loss": 0.0}, trajs
+
+    def _rollouts(self, step: int, model: Any, tokenizer: Any) -> list[Trajectory]:
+        lp = self.lp
+        rng = random.Random(f"{self.seed}:grpo:{step}")
+        qs = rng.sample(self.questions, min(lp.questions_per_step, len(self.questions)))
+        items = [(q, self._encode(tokenizer, q)) for q in qs for _ in range(lp.group_size)]
+        gen = BatchedGenerator(model, tokenizer, temperature=lp.temperature, top_p=lp.top_p,
+                               max_batch=len(items))
+        return asyncio.run(run_episodes(items, concurrency=len(items), generator=gen, tokenizer=tokenizer,
+                                        pool=self.pool, backend=self.replay, limits=self.limits))
+
+    def _grpo_step(self, step: int, model: Any, ref: Any, tokenizer: Any, opt: Any,
+                   normalizer: CostNormalizer) -> tuple[dict[str, Any], CostNormalizer]:
+        lp, rp = self.lp, self.params.rewards
+        trajs = self._rollouts(step, model, tokenizer)
+        scores, normalizer = score_batch(
+            [ScoreItem(t.segments, t.question.golden_answers, t.usages()) for t in trajs],
+            self.pool, rp.alpha, normalizer, rp.outcome, rp.include_prompt_cost)
+
+        ids, attn, resp_mask, starts, width = _pack_response(trajs, tokenizer.pad_token_id)
+        rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
+        token_rewards = torch.zeros_like(resp_mask, dtype=torch.float32)
+        last = resp_mask.sum(-1).long() - 1
+        token_rewards[torch.arange(len(trajs)), last.clamp(min=0)] = rewards
+        index = np.array([t.question.id for t in trajs], dtype=object)
+        advantages = verl_math.grpo_advantages(token_rewards, resp_mask, index)
+
+        with torch.no_grad():
+            old_lp, _ = _response_logprobs(model, ids, attn, starts, width)
+            ref_lp, _ = _response_logprobs(ref, ids, attn, starts, width)
+        model.train()
+        new_lp, entropy = _response_logprobs(model, ids, attn, starts, width, with_entropy=True)
+        pg_loss, pg_metrics = verl_math.policy_loss(old_lp, new_lp, advantages, resp_mask, lp.clip_ratio)
+        kl = verl_math.kl_loss(new_lp, ref_lp, resp_mask)
+        loss = pg_loss + lp.kl_coef * kl
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+        mask_f = resp_mask.float()
+        metrics = step_metrics(trajs, scores, self.pool)
+        metrics.update({"kl": float(kl.detach()), "pg_loss": float(pg_loss.detach()),
+                        "entropy": float((entropy * mask_f).sum() / mask_f.sum().clamp(min=1)),
+                        "ppo_kl": pg_metrics.get("actor/ppo_kl", 0.0)})
+        return metrics, normalizer
+
+
+# ---------------------------------------------------------------------------------------------
+# tensors
+# ---------------------------------------------------------------------------------------------
+
+
+def _pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], masks: Sequence[Sequence[int]],
+          pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded prompt+response ids, attention mask, and loss mask over response tokens."""
+    width = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(prompts), width), dtype=torch.long)
+    loss = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, (p, r, m) in enumerate(zip(prompts, responses, masks, strict=True)):
+        seq = list(p) + list(r)
+        ids[i, : len(seq)] = torch.tensor(seq)
+        attn[i, : len(seq)] = 1
+        loss[i, len(p): len(seq)] = torch.tensor(m, dtype=torch.long)
+    return ids, attn, loss
+
+
+def _pack_response(trajs: Sequence[Trajectory], pad: int) -> tuple[torch.Tensor, ...]:
+    """Sequences plus a (batch, max_response) response mask aligned at each response start."""
+    ids, attn, _ = _pack([t.prompt_ids for t in trajs], [t.response_ids for t in trajs],
+                         [t.loss_mask for t in trajs], pad)
+    width = max(1, max(len(t.response_ids) for t in trajs))
+    resp_mask = torch.zeros((len(trajs), width), dtype=torch.float32)
+    for i, t in enumerate(trajs):
+        resp_mask[i, : len(t.loss_mask)] = torch.tensor(t.loss_mask, dtype=torch.float32)
+    starts = torch.tensor([len(t.prompt_ids) for t in trajs], dtype=torch.long)
+    return ids, attn, resp_mask, starts, width  # type: ignore[return-value]
+
+
+def _response_logprobs(model: Any, ids: torch.Tensor, attn: torch.Tensor, starts: torch.Tensor, width: int,
+                       with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob (and entropy) of each response token, (batch, width), zero past each response."""
+    logits = model(input_ids=ids, attention_mask=attn).logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    # the token at position j is predicted by the logits at j - 1
+    pos = (starts.unsqueeze(1) + torch.arange(width).unsqueeze(0) - 1).clamp(max=ids.size(1) - 2)
+    tok = ids.gather(1, (pos + 1).clamp(max=ids.size(1) - 1))
+    step_logp = logp.gather(1, pos.unsqueeze(-1).expand(-1, -1, logp.size(-1)))
+    chosen = step_logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+    entropy = -(step_logp.exp() * step_logp).sum(-1) if with_entropy else torch.zeros_like(chosen)
+    return chosen, entropy
+
+
+def write_history(history: Sequence[dict[str, Any]], path: Path) -> None:
+    """Per-step metrics as CSV (DVC plots read it)."""
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    lines = [",".join(keys)]
+    for row in history:
+        lines.append(",".join(f"{row.get(k, '')}" for k in keys))
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
