@@ -40,7 +40,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check routerops stages flows services bench tests
+	$(VENV)/bin/ruff check routerops stages flows services infra bench tests
 
 bench: $(STAMP)
 	$(PY) bench/candidates.py

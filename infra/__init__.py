@@ -1,0 +1,1 @@
+"""Local infrastructure for RouterOps: services the pipeline needs, run on loopback."""
