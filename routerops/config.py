@@ -134,6 +134,8 @@ class LocalTrainParams(_Section):
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(4, ge=1)
     num_kv_heads: int = Field(2, ge=1)
+    copy_drills: int = Field(24000, ge=0)
+    drill_batch_size: int = Field(64, ge=1)
     sft_examples: int = Field(2400, ge=1)
     sft_epochs: int = Field(2, ge=0)
     sft_batch_size: int = Field(16, ge=1)

@@ -17,8 +17,11 @@ from typing import Any
 from routerops.rollout import Generation
 from routerops.tokens import Tokenizer
 
-__all__ = ["ScriptedRouter", "TransformersGenerator", "extract_reply_answer", "load_transformers_policy"]
+__all__ = ["ANSWER_THINK", "ScriptedRouter", "TransformersGenerator", "extract_reply_answer",
+           "load_transformers_policy"]
 
+# What the scripted router thinks before answering; the local SFT traces use the same words.
+ANSWER_THINK = "The reply answers it."
 _QUESTION_RE = re.compile(r"Question: ([^\n]+)")
 _INFO_RE = re.compile(r"<information>(.*?)</information>", re.DOTALL)
 _LEADS = re.compile(
@@ -67,7 +70,7 @@ class ScriptedRouter:
         for reply in reversed(replies):
             ans = extract_reply_answer(reply)
             if ans:
-                return f"<think>The reply answers it.</think>\n<answer>{ans}</answer>"
+                return f"<think>{ANSWER_THINK}</think>\n<answer>{ans}</answer>"
         order = list(self.route_to(question) if callable(self.route_to) else self.route_to)
         if len(replies) < len(order):
             model = order[len(replies)]

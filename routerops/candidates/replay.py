@@ -33,20 +33,20 @@ from routerops.candidates.types import (
 )
 from routerops.pool import Candidate
 
-__all__ = ["QualityMatrix", "ReplayPool", "ReplayStats", "question_key"]
+__all__ = ["CORRECT_TEMPLATES", "WRONG_TEMPLATES", "QualityMatrix", "ReplayPool", "ReplayStats", "question_key"]
 
 # The matrix's task names for the sources this project uses.
 _TASK_TO_SOURCE = {"natural_qa": "nq", "trivia_qa": "triviaqa"}
 CORRECT_THRESHOLD = 0.5
 
-_CORRECT_TEMPLATES = (
+CORRECT_TEMPLATES = (
     "The answer is {a}.",
     "It is {a}.",
     "That would be {a}.",
     "As far as I know, the answer is {a}.",
     "{a} is the answer.",
 )
-_WRONG_TEMPLATES = (
+WRONG_TEMPLATES = (
     "The answer is {a}.",
     "I believe it is {a}.",
     "It is most likely {a}.",
@@ -173,12 +173,12 @@ class ReplayPool:
         u = _unit("text", candidate.name, key, self.seed)
         if correct and question.golden_answers:
             gold = question.golden_answers[int(u * len(question.golden_answers))]
-            return _CORRECT_TEMPLATES[int(u * 997) % len(_CORRECT_TEMPLATES)].format(a=gold)
+            return CORRECT_TEMPLATES[int(u * 997) % len(CORRECT_TEMPLATES)].format(a=gold)
         bank = [a for a in self.distractors.get(question.data_source, ())
                 if a not in question.golden_answers]
         if bank and _unit("decline", candidate.name, key, self.seed) >= self.decline_share:
             wrong = bank[int(_unit("wrong", candidate.name, key, self.seed) * len(bank))]
-            return _WRONG_TEMPLATES[int(u * 991) % len(_WRONG_TEMPLATES)].format(a=wrong)
+            return WRONG_TEMPLATES[int(u * 991) % len(WRONG_TEMPLATES)].format(a=wrong)
         return _DECLINES[int(u * 983) % len(_DECLINES)]
 
     def completion_tokens(self, candidate: Candidate, question: QuestionInfo, query: str) -> int:
