@@ -31,11 +31,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run_command(args: list[str], *, cwd: Path | None = None, timeout_s: float | None = None) -> str:
+def run_command(args: list[str], *, cwd: Path | None = None, timeout_s: float | None = None,
+                extra_env: dict[str, str] | None = None) -> str:
     """Run, echo the output, and fail with the command's last lines on a non-zero exit."""
     try:
-        proc = subprocess.run(args, cwd=cwd or REPO_ROOT, capture_output=True, text=True, env=_env(),
-                              timeout=timeout_s)
+        proc = subprocess.run(args, cwd=cwd or REPO_ROOT, capture_output=True, text=True,
+                              env={**_env(), **(extra_env or {})}, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise CommandFailed(f"{' '.join(args)} did not finish in {timeout_s} s") from None
     if proc.stdout:
@@ -77,7 +78,10 @@ def dvc_repro(repo: Path = REPO_ROOT) -> str:
 
 @task(name="dvc-push", timeout_seconds=1800, retries=2, retry_delay_seconds=10)
 def dvc_push(repo: Path = REPO_ROOT) -> str:
-    return run_command(python_module("dvc", "push"), cwd=repo)
+    """Push every stage output. One retry layer: botocore would otherwise retry each refused
+    connection 5 times per file (minutes against a dead endpoint); here a dead store fails the
+    push in seconds and Prefect retries the whole push, which uploads only what is missing."""
+    return run_command(python_module("dvc", "push"), cwd=repo, extra_env={"AWS_MAX_ATTEMPTS": "1"})
 
 
 @task(name="read-metrics", timeout_seconds=30)

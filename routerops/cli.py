@@ -281,6 +281,48 @@ def data_seed(
     raise typer.Exit(3)
 
 
+@app.command("train")
+def train(
+    backend: Annotated[str | None, typer.Option(help="local or verl (default: train_router.backend)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan or launch command; train nothing")] = False,
+    out: Annotated[Path, typer.Option(help="where --dry-run writes the generated verl files")] = REPO_ROOT
+    / ".routerops" / "verl-dry-run",
+    params_file: Annotated[Path, typer.Option("--params")] = REPO_ROOT / "params.yaml",
+) -> None:
+    """Train the router. `--backend verl --dry-run` validates the generated config against verl's
+    own schema and prints the launch command; without --dry-run this runs `dvc repro train_router`
+    so the run is recorded in the pipeline's lineage."""
+    import subprocess
+
+    try:
+        params = load_params(params_file)
+        tp = params.require("train_router")
+    except ParamsError as exc:
+        raise _fail(str(exc), 1) from None
+    chosen = backend or tp.backend
+    if chosen not in ("local", "verl"):
+        raise _fail(f"--backend must be local or verl, got {chosen!r}")
+    if dry_run and chosen == "verl":
+        from routerops.training.verl_backend import dry_run_report
+
+        code, text = dry_run_report(params_file, out)
+        typer.echo(text, nl=False)
+        raise typer.Exit(code)
+    if dry_run:
+        lp = tp.local
+        typer.echo(f"local backend: tiny Qwen2 ({lp.num_layers} layers, hidden {lp.hidden_size}, "
+                   f"vocab {lp.vocab_size}); warm start {lp.copy_drills} copy drills + {lp.sft_examples} "
+                   f"trajectories x {lp.sft_epochs} epochs; GRPO {lp.grpo_steps} steps x {lp.questions_per_step} "
+                   f"questions x {lp.group_size} rollouts; alpha {params.rewards.alpha}; checkpoints every "
+                   f"{lp.checkpoint_every} steps in {tp.checkpoint_dir}")
+        return
+    if chosen != tp.backend:
+        raise _fail(f"params.yaml says train_router.backend: {tp.backend}; change it there (so the run's lineage "
+                    f"records it) rather than with --backend")
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "train_router"], cwd=REPO_ROOT)
+    raise typer.Exit(proc.returncode)
+
+
 def main() -> None:  # console-script entry point
     app()
 

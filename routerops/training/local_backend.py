@@ -106,10 +106,12 @@ class LocalTrainer:
         texts += [a for q in self.questions for a in q.golden_answers]
         tokenizer = train_tokenizer(texts, self.lp.vocab_size)
         model = build_model(self.lp, len(tokenizer), tokenizer.eos_token_id, self.seed)
+        untrained, _ = self.evaluate_batch(model, tokenizer, -1)
         self._sft(model, tokenizer)
         with atomic_dir(sft_dir) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            write_json_atomic(tmp / "untrained.json", untrained)
         return model, tokenizer
 
     def _messages(self, q: QuestionInfo) -> list[dict[str, str]]:
@@ -232,13 +234,15 @@ class LocalTrainer:
         latest = self._latest()
         if latest is not None:
             start, normalizer, history = self._load(latest, model, opt)
-        elif not history:
-            history.append({"step": 0, **self.evaluate_batch(model, tokenizer, 0)[0]})
+        else:
+            untrained = json.loads((self.ckpt_dir / "sft" / "untrained.json").read_text())
+            history.append({"step": -1, "phase": "untrained", **untrained})
+            history.append({"step": 0, "phase": "warm-start", **self.evaluate_batch(model, tokenizer, 0)[0]})
 
         bar = tqdm(total=lp.grpo_steps, initial=start, desc="grpo", disable=not self.progress)
         for step in range(start, lp.grpo_steps):
             metrics, normalizer = self._grpo_step(step, model, ref, tokenizer, opt, normalizer)
-            history.append({"step": step + 1, **metrics})
+            history.append({"step": step + 1, "phase": "grpo", **metrics})
             if (step + 1) % lp.checkpoint_every == 0 or step + 1 == lp.grpo_steps:
                 self._save(step + 1, model, opt, normalizer, history)
             bar.update(1)
