@@ -80,13 +80,13 @@ class DemoParams(_Section):
 
 class DatasetInput(_Section):
     path: str = Field(min_length=1)
-    format: Literal["flashrag", "nq_open", "hotpot_simplified", "r1searcher", "verl_parquet"]
+    format: Literal["flashrag", "nq_open", "hotpot_simplified", "r1searcher", "verl_parquet", "llmrouter_queries"]
     split: Literal["train", "validation", "test"]
     source: str | None = None
 
     @model_validator(mode="after")
     def _source_given(self) -> DatasetInput:
-        if self.format != "verl_parquet" and not self.source:
+        if self.format not in ("verl_parquet", "llmrouter_queries") and not self.source:
             raise ValueError(f"{self.path}: format {self.format} needs a 'source'")
         return self
 
@@ -97,7 +97,7 @@ SplitSizes = dict[str, dict[str, int]]
 class BuildDatasetParams(_Section):
     raw_dir: str = "data"
     seed: int = 0
-    inputs: tuple[DatasetInput, ...] = Field(min_length=1)
+    inputs: dict[str, tuple[DatasetInput, ...]]
     sizes: dict[str, SplitSizes]
     ability: str = "cost-aware-routing"
     agent_name: str = "router_agent"
@@ -114,6 +114,11 @@ class BuildDatasetParams(_Section):
                     if n < 0:
                         raise ValueError(f"sizes.{profile}.{split}.{source} must be >= 0, got {n}")
         return self
+
+    def inputs_for(self, profile: str) -> tuple[DatasetInput, ...]:
+        if not self.inputs.get(profile):
+            raise ValueError(f"build_dataset.inputs has no profile {profile!r} (have: {', '.join(self.inputs)})")
+        return self.inputs[profile]
 
     def sizes_for(self, profile: str) -> SplitSizes:
         if profile not in self.sizes:

@@ -37,8 +37,11 @@ ANSWER_SPLIT = "<|answer_split|>"
 # training file, whose HotpotQA and 2WikiMultihopQA questions cannot be told apart.
 SOURCES = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle", "multihopqa")
 _SOURCE_ALIASES = {"tq": "triviaqa", "2wiki": "2wikimultihopqa", "Bamboogle": "bamboogle", "bamboogle": "bamboogle"}
-Format = Literal["flashrag", "nq_open", "hotpot_simplified", "r1searcher", "verl_parquet"]
-FORMATS: tuple[str, ...] = ("flashrag", "nq_open", "hotpot_simplified", "r1searcher", "verl_parquet")
+Format = Literal["flashrag", "nq_open", "hotpot_simplified", "r1searcher", "verl_parquet", "llmrouter_queries"]
+FORMATS: tuple[str, ...] = ("flashrag", "nq_open", "hotpot_simplified", "r1searcher", "verl_parquet",
+                            "llmrouter_queries")
+# LLMRouter's task names for the QA sources whose per-model quality the replay matrix records.
+LLMROUTER_TASKS = {"natural_qa": "nq", "trivia_qa": "triviaqa"}
 Split = Literal["train", "validation", "test"]
 
 
@@ -71,6 +74,7 @@ class LoadReport:
     file: str
     rows_read: int = 0
     rows_kept: int = 0
+    skipped: int = 0  # rows of no interest by design (e.g. non-QA tasks), not errors
     rejected: Counter[str] = field(default_factory=Counter)
 
     def reject(self, reason: str) -> None:
@@ -174,7 +178,7 @@ def load_file(path: str | Path, fmt: str, split: str, source: str | None = None,
         raise DatasetFileError(p, f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if split not in ("train", "validation", "test"):
         raise DatasetFileError(p, f"unknown split {split!r}")
-    if fmt != "verl_parquet" and source not in SOURCES:
+    if fmt not in ("verl_parquet", "llmrouter_queries") and source not in SOURCES:
         raise DatasetFileError(p, f"unknown data source {source!r}; expected one of {', '.join(SOURCES)}")
     if not p.is_file():
         raise DatasetFileError(p, "file not found")
@@ -186,8 +190,19 @@ def load_file(path: str | Path, fmt: str, split: str, source: str | None = None,
         if row is not None:
             rows.append(row)
 
-    assert source is not None or fmt == "verl_parquet"
-    if fmt == "flashrag":
+    assert source is not None or fmt in ("verl_parquet", "llmrouter_queries")
+    if fmt == "llmrouter_queries":
+        # Only the QA tasks are questions for a router; the rest (maths, code, ...) are skipped,
+        # counted apart from rejects.
+        for n, obj in _json_lines(p, report):
+            task_source = LLMROUTER_TASKS.get(str(obj.get("task_name")))
+            if task_source is None or (source is not None and task_source != source):
+                report.rows_read -= 1
+                report.skipped += 1
+                continue
+            keep(_make_row(report, id_=f"{task_source}:{split}:{p.stem}:{n}", source=task_source, split=split,
+                           question=obj.get("query"), answers=obj.get("ground_truth"), seen_ids=seen))
+    elif fmt == "flashrag":
         for _, obj in _json_lines(p, report):
             keep(parse_flashrag_row(obj, source, split, report, seen))  # type: ignore[arg-type]
     elif fmt == "nq_open":

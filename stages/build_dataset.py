@@ -99,7 +99,7 @@ def run(params: Params, inputs: Inputs) -> Outputs:
     loaded: dict[str, list[CanonicalRow]] = {s: [] for s in SPLITS}
     reports: list[LoadReport] = []
     seen_ids: set[str] = set()
-    for spec in bp.inputs:
+    for spec in bp.inputs_for(params.profile):
         rows, report = load_file(inputs.raw_dir / spec.path, spec.format, spec.split, spec.source, seen_ids)
         loaded[spec.split].extend(rows)
         reports.append(report)
@@ -129,7 +129,8 @@ def run(params: Params, inputs: Inputs) -> Outputs:
         "duplicates_removed": removed,
         "hotpotqa_train_rows_in_hotpotqa_eval": sum(dedup_key(r.question) in hotpot_eval for r in hotpot_dev),
         "files": {Path(rep.file).relative_to(inputs.raw_dir).as_posix(): {
-            "rows_read": rep.rows_read, "rows_kept": rep.rows_kept, "rejected": dict(sorted(rep.rejected.items()))}
+            "rows_read": rep.rows_read, "rows_kept": rep.rows_kept, "skipped": rep.skipped,
+            "rejected": dict(sorted(rep.rejected.items()))}
             for rep in reports},
         "answers": {split: _answer_stats(sampled[split]) for split in SPLITS},
     }

@@ -112,7 +112,9 @@ class LocalTrainer:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             write_json_atomic(tmp / "untrained.json", untrained)
-        return model, tokenizer
+        # Continue from what was saved, exactly as a resumed run will: a freshly trained
+        # tokenizer and its reloaded copy can differ in decoding options.
+        return load_policy(sft_dir)
 
     def _messages(self, q: QuestionInfo) -> list[dict[str, str]]:
         from routerops.runtime import router_messages

@@ -45,6 +45,16 @@ def test_verl_parquet_loader_splits_aliases(shared_data) -> None:
     assert all("<|answer_split|>" not in a for r in dev for a in r.golden_answers)
 
 
+def test_llmrouter_queries_loader_keeps_the_qa_tasks(shared_data) -> None:
+    rows, rep = load_file(shared_data / "pool/llmrouter_queries_train.jsonl", "llmrouter_queries", "train")
+    by_source = {s: sum(r.data_source == s for r in rows) for s in ("nq", "triviaqa")}
+    assert by_source == {"nq": 500, "triviaqa": 500} and rep.skipped == 5616 - 1000 and not rep.rejected
+    nq = next(r for r in rows if r.question == "who wrote i will follow you into the dark?")
+    assert nq.golden_answers == ("Ben Gibbard",)
+    only_nq, _ = load_file(shared_data / "pool/llmrouter_queries_train.jsonl", "llmrouter_queries", "train", "nq")
+    assert {r.data_source for r in only_nq} == {"nq"}
+
+
 def test_flashrag_loader_on_hub_schema_sample(shared_data) -> None:
     rows, _ = load_file(shared_data / "flashrag/nq_test_sample.jsonl", "flashrag", "test", "nq")
     # 17 rows, test_0..test_16 (the data README says 16: the last line has no newline)

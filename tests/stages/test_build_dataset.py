@@ -27,6 +27,7 @@ def test_local_profile_sizes_and_dedup_counts(built, params) -> None:
     for split in ("train", "validation", "test"):
         assert card["rows"][split] == {k: v for k, v in sorted(sizes[split].items())}
     assert card["hotpotqa_train_rows_in_hotpotqa_eval"] == 512
+    assert card["files"]["pool/llmrouter_queries_train.jsonl"]["rows_kept"] == 1000  # 500 NQ + 500 TriviaQA
     assert card["duplicates_removed"]["train"]["hotpotqa:overlaps_evaluation"] == 512
     # Bamboogle's dev rows are the test rows: none survive in validation
     assert card["duplicates_removed"]["validation"]["bamboogle:overlaps_evaluation"] == 125
@@ -74,13 +75,13 @@ def test_outputs_written_atomically(built, tmp_path) -> None:
 def test_unusable_raw_file_fails_clearly(params, pool, shared_data, tmp_path) -> None:
     raw = tmp_path / "raw"
     shutil.copytree(shared_data, raw)
-    (raw / "nq" / "nq_open_efficientqa_dev.jsonl").write_text("")
-    with pytest.raises(DatasetFileError, match=r"nq_open_efficientqa_dev\.jsonl: file is empty"):
+    (raw / "pool" / "llmrouter_queries_train.jsonl").write_text("")
+    with pytest.raises(DatasetFileError, match=r"llmrouter_queries_train\.jsonl: file is empty"):
         run(params, Inputs(pool, raw))
 
 
 def test_asking_for_more_rows_than_exist_fails(params, pool, shared_data) -> None:
     bp = params.build_dataset
     big = bp.model_copy(update={"sizes": {"local": {**bp.sizes["local"], "train": {"nq": 5000}}}})
-    with pytest.raises(ValueError, match="train/nq: asked for 5000 rows, only 1800 available"):
+    with pytest.raises(ValueError, match="train/nq: asked for 5000 rows, only 500 available"):
         run(params.model_copy(update={"build_dataset": big}), Inputs(pool, shared_data))
