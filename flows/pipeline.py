@@ -1,9 +1,9 @@
 """The RouterOps pipeline flow (`make demo` runs it on the embedded local profile).
 
 validate the pool -> start the loopback S3 store and point DVC at it -> seed the raw snapshot
-(checked against data.dvc) -> `dvc repro` (build and validate the dataset; DVC decides what
-re-runs) -> gate on validation -> `dvc push` -> answer sample questions with the scripted
-router. Training, evaluation and packaging join this flow as they land.
+(checked against data.dvc) -> `dvc repro` (build and validate the dataset, train the router;
+DVC decides what re-runs) -> gate on validation -> `dvc push` -> answer sample questions with
+the scripted router. Evaluation and packaging join this flow as they land.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from flows.tasks import (
     start_local_s3,
     validate_pool,
 )
-from routerops.paths import runs_dir
 
 
 class GateFailed(RuntimeError):
@@ -47,11 +46,13 @@ def _data_card_markdown(card: dict[str, Any]) -> str:
 
 
 @flow(name="routerops-pipeline")
-def pipeline(repo: Path = REPO_ROOT, seed: bool = True, push: bool = True, samples: bool = True) -> dict[str, Any]:
-    from routerops.paths import default_pool_file
+def pipeline(repo: Path = REPO_ROOT, seed: bool = True, push: bool = True, samples: bool = True,
+             start_store: bool = True) -> dict[str, Any]:
+    """`start_store=False` when the DVC remote is already served (another store, or AWS S3)."""
+    import os
 
-    validate_pool(str(default_pool_file()))
-    if push:
+    validate_pool(os.environ.get("ROUTEROPS_POOL", str(repo / "pool.yaml")))
+    if push and start_store:
         start_local_s3(repo)
     if seed:
         seed_data(repo)
@@ -62,19 +63,35 @@ def pipeline(repo: Path = REPO_ROOT, seed: bool = True, push: bool = True, sampl
     card = read_metrics("metrics/data_card.json", repo)
     publish_markdown("data-card", _data_card_markdown(card), "Rows per split and source, duplicates, rejects")
     print(_data_card_markdown(card))
+    train = read_metrics("metrics/train.json", repo)
+    if train.get("final") and train.get("start"):
+        st, fi = train["start"], train["final"]
+        table = _table([
+            ("backend / GRPO steps", f"{train['backend']} / {train['steps']}"),
+            ("reward (warm start -> final)", f"{st['reward']:.3f} -> {fi['reward']:.3f}"),
+            ("format-valid", f"{st['format_valid']:.3f} -> {fi['format_valid']:.3f}"),
+            ("exact match", f"{st['em']:.3f} -> {fi['em']:.3f}"),
+            ("USD per question", f"{fi['usd_per_question']:.8f}"),
+            ("calls per question", f"{fi['calls_per_question']:.2f}"),
+            ("call share", ", ".join(f"{k.split('/', 1)[1]} {v:.2f}" for k, v in fi.items() if k.startswith("share/"))),
+        ])
+        publish_markdown("training", table, "Router training (start of RL vs final step)")
+        print(table)
     if push:
         dvc_push(repo)
-    summary: dict[str, Any] = {"data_card": card, "validation": validation}
+    summary: dict[str, Any] = {"data_card": card, "validation": validation, "train": train}
     if samples:
         run_stage("route_samples", repo)
         import json
 
-        summary["route_samples"] = s = json.loads((runs_dir() / "route_samples" / "summary.json").read_text())
+        runs = Path(os.environ.get("ROUTEROPS_RUNS_DIR", repo / "runs"))
+        summary["route_samples"] = s = json.loads((runs / "route_samples" / "summary.json").read_text())
         table = _table([
             ("questions", s["questions"]), ("exact match", f"{s['em']:.3f}"),
             ("format valid", f"{s['format_valid']:.3f}"), ("USD per question", f"{s['usd_per_question']:.8f}"),
             ("calls per question", f"{s['calls_per_question']:.2f}"),
-            ("calls replayed from recorded scores", f"{s['replay']['replayed_from_recorded']} of {s['replay']['calls']}"),
+            ("calls replayed from recorded scores",
+             f"{s['replay']['replayed_from_recorded']} of {s['replay']['calls']}"),
             ("pool snapshot / prices", f"{s['pool_snapshot']} / {s['prices_id']}"),
         ])
         publish_markdown("route-samples", table, "Scripted router on real NQ questions (replay pool)")

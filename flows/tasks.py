@@ -10,8 +10,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -33,18 +35,38 @@ def _env() -> dict[str, str]:
 
 def run_command(args: list[str], *, cwd: Path | None = None, timeout_s: float | None = None,
                 extra_env: dict[str, str] | None = None) -> str:
-    """Run, echo the output, and fail with the command's last lines on a non-zero exit."""
+    """Run, streaming stdout and stderr live (progress bars included), and fail with the
+    command's last lines on a non-zero exit. Returns the full stdout."""
+    proc = subprocess.Popen(args, cwd=cwd or REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**_env(), **(extra_env or {})})
+    out: list[bytes] = []
+    tail: deque[bytes] = deque(maxlen=400)  # last ~400 chunks of either stream, for the error
+
+    def pump(src: IO[bytes], dst: IO[bytes], keep: list[bytes] | None) -> None:
+        for chunk in iter(lambda: src.read1(4096), b""):  # type: ignore[attr-defined]
+            dst.write(chunk)
+            dst.flush()
+            tail.append(chunk)
+            if keep is not None:
+                keep.append(chunk)
+
+    threads = [threading.Thread(target=pump, args=(proc.stdout, sys.stdout.buffer, out), daemon=True),
+               threading.Thread(target=pump, args=(proc.stderr, sys.stderr.buffer, None), daemon=True)]
+    for t in threads:
+        t.start()
     try:
-        proc = subprocess.run(args, cwd=cwd or REPO_ROOT, capture_output=True, text=True,
-                              env={**_env(), **(extra_env or {})}, timeout=timeout_s)
+        code = proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
         raise CommandFailed(f"{' '.join(args)} did not finish in {timeout_s} s") from None
-    if proc.stdout:
-        sys.stdout.write(proc.stdout)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
-        raise CommandFailed(f"`{' '.join(args)}` exited {proc.returncode}:\n{tail}")
-    return proc.stdout
+    for t in threads:
+        t.join()
+    if code != 0:
+        text = b"".join(tail).decode("utf-8", "replace").replace("\r", "\n")
+        lines = [ln for ln in text.splitlines() if ln.strip()][-25:]
+        raise CommandFailed(f"`{' '.join(args)}` exited {code}:\n" + "\n".join(lines))
+    return b"".join(out).decode("utf-8", "replace")
 
 
 def python_module(module: str, *args: str) -> list[str]:

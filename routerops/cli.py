@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from routerops.candidates.types import QuestionInfo
 from routerops.config import ParamsError, load_params
-from routerops.paths import REPO_ROOT, default_pool_file
+from routerops.paths import default_pool_file, project_root
 from routerops.pool import Pool, PoolError, load_pool
 from routerops.rewards import (
     CallUsage,
@@ -182,7 +182,7 @@ def ask(
                         typer.Option("--route-to", help="scripted router: models to ask, in order")] = None,
     gold: Annotated[list[str] | None, typer.Option("--gold", help="gold alias(es), for scoring and replay")] = None,
     source: Annotated[str, typer.Option(help="data source of the question (replay priors)")] = "nq",
-    params_file: Annotated[Path, typer.Option("--params")] = REPO_ROOT / "params.yaml",
+    params_file: Annotated[Path | None, typer.Option("--params", help="default: params.yaml")] = None,
     pool_file: Annotated[Path | None, typer.Option("--pool")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the trajectory as JSON")] = False,
 ) -> None:
@@ -195,7 +195,7 @@ def ask(
     if candidates not in ("replay", "openai"):
         raise _fail(f"--candidates must be replay or openai, got {candidates!r}")
     try:
-        params = load_params(params_file)
+        params = load_params(params_file or project_root() / "params.yaml")
     except ParamsError as exc:
         raise _fail(str(exc), 1) from None
     pool = _load_pool(pool_file)
@@ -251,7 +251,7 @@ def trajectory_json(traj: Trajectory) -> dict[str, Any]:
 @data_app.command("seed")
 def data_seed(
     from_hub: Annotated[bool, typer.Option("--from-hub", help="download FlashRAG configs from the hub")] = False,
-    dest: Annotated[Path, typer.Option(help="snapshot folder")] = REPO_ROOT / "data",
+    dest: Annotated[Path | None, typer.Option(help="snapshot folder (default: data/)")] = None,
 ) -> None:
     """Fill data/ from ../shared/data (offline default) or the hub, then compare with data.dvc."""
     import subprocess
@@ -259,6 +259,7 @@ def data_seed(
     from routerops.paths import shared_data_dir
     from routerops.snapshot import seed_from_hub, seed_from_shared
 
+    dest = dest or project_root() / "data"
     try:
         res = seed_from_hub(dest) if from_hub else seed_from_shared(shared_data_dir(), dest)
     except (FileNotFoundError, ConnectionError) as exc:
@@ -285,15 +286,17 @@ def data_seed(
 def train(
     backend: Annotated[str | None, typer.Option(help="local or verl (default: train_router.backend)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan or launch command; train nothing")] = False,
-    out: Annotated[Path, typer.Option(help="where --dry-run writes the generated verl files")] = REPO_ROOT
-    / ".routerops" / "verl-dry-run",
-    params_file: Annotated[Path, typer.Option("--params")] = REPO_ROOT / "params.yaml",
+    out: Annotated[Path | None, typer.Option(help="where --dry-run writes the verl files")] = None,
+    params_file: Annotated[Path | None, typer.Option("--params", help="default: params.yaml")] = None,
 ) -> None:
     """Train the router. `--backend verl --dry-run` validates the generated config against verl's
     own schema and prints the launch command; without --dry-run this runs `dvc repro train_router`
     so the run is recorded in the pipeline's lineage."""
     import subprocess
 
+    root = project_root()
+    params_file = params_file or root / "params.yaml"
+    out = out or root / ".routerops" / "verl-dry-run"
     try:
         params = load_params(params_file)
         tp = params.require("train_router")
@@ -319,7 +322,7 @@ def train(
     if chosen != tp.backend:
         raise _fail(f"params.yaml says train_router.backend: {tp.backend}; change it there (so the run's lineage "
                     f"records it) rather than with --backend")
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "train_router"], cwd=REPO_ROOT)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "train_router"], cwd=root)
     raise typer.Exit(proc.returncode)
 
 

@@ -17,7 +17,7 @@ from routerops.candidates.client import ClientConfig, OpenAIChatClient
 from routerops.candidates.replay import QualityMatrix, ReplayPool
 from routerops.candidates.types import CandidateBackend, QuestionInfo
 from routerops.config import CandidatesParams, Params
-from routerops.paths import REPO_ROOT, shared_data_dir
+from routerops.paths import project_root, shared_data_dir
 from routerops.pool import Pool
 from routerops.prompt import apply_chat_template, build_messages, load_template
 from routerops.rollout import TokenGenerator, Trajectory, run_episodes
@@ -65,7 +65,7 @@ def build_backend(p: CandidatesParams, *, distractor_questions: Iterable[Questio
     if p.cache_path is None:
         return Backends(client, run_budget, client=client)
     cache_file = Path(p.cache_path)
-    cache = ResponseCache(cache_file if cache_file.is_absolute() else REPO_ROOT / cache_file)
+    cache = ResponseCache(cache_file if cache_file.is_absolute() else project_root() / cache_file)
     return Backends(CachedBackend(client, cache), run_budget, client=client, cache=cache)
 
 
@@ -75,7 +75,7 @@ def prompt_template(params: Params) -> str | None:
     if path is None:
         return None
     p = Path(path)
-    return load_template(p if p.is_absolute() else REPO_ROOT / p)
+    return load_template(p if p.is_absolute() else project_root() / p)
 
 
 def router_messages(question: str, pool: Pool, params: Params) -> list[dict[str, str]]:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from routerops.config import BuildDatasetParams, Params, load_params
 from routerops.datasets import CanonicalRow, DatasetFileError, LoadReport, dedup_key, load_file, sample_rows
 from routerops.io import atomic_dir, write_json_atomic
-from routerops.paths import REPO_ROOT, default_pool_file
+from routerops.paths import default_pool_file, project_root
 from routerops.pool import Pool, load_pool
 from routerops.runtime import router_messages
 
@@ -148,14 +148,14 @@ def write(out: Outputs, out_dir: Path, card_path: Path) -> None:
 
 
 def main() -> None:
-    params = load_params(REPO_ROOT / "params.yaml")
+    params = load_params(project_root() / "params.yaml")
     bp = params.require("build_dataset")
     try:
-        out = run(params, Inputs(load_pool(default_pool_file()), REPO_ROOT / bp.raw_dir))
+        out = run(params, Inputs(load_pool(default_pool_file()), project_root() / bp.raw_dir))
     except (DatasetFileError, ValueError) as exc:
         sys.stderr.write(f"build_dataset: {exc}\n")
         raise SystemExit(1) from None
-    write(out, REPO_ROOT / bp.out_dir, REPO_ROOT / bp.data_card)
+    write(out, project_root() / bp.out_dir, project_root() / bp.data_card)
     rows = out.card["rows"]
     sys.stdout.write(f"build_dataset: {sum(len(v) for v in out.rl.values())} rows "
                      f"({', '.join(f'{s}: {sum(rows[s].values())}' for s in SPLITS)}) -> {bp.out_dir}\n")

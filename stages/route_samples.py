@@ -18,7 +18,7 @@ from typing import Any
 from routerops.cli import render_trace, trajectory_json
 from routerops.config import Params, load_params
 from routerops.io import write_json_atomic, write_text_atomic
-from routerops.paths import REPO_ROOT, default_pool_file, runs_dir, shared_data_dir
+from routerops.paths import default_pool_file, project_root, runs_dir, shared_data_dir
 from routerops.policy import ScriptedRouter
 from routerops.pool import Pool, load_pool
 from routerops.rewards import ScoreItem, SlidingWindowNormalizer, score_batch
@@ -69,7 +69,7 @@ def run(params: Params, inputs: Inputs) -> Outputs:
 
 
 def main() -> None:
-    params = load_params(REPO_ROOT / "params.yaml")
+    params = load_params(project_root() / "params.yaml")
     out = run(params, Inputs(load_pool(default_pool_file()), shared_data_dir()))
     out_dir = runs_dir() / "route_samples"
     write_text_atomic(out_dir / "traces.jsonl", "".join(json.dumps(t) + "\n" for t in out.traces))

@@ -27,8 +27,10 @@ from routerops.candidates.replay import QualityMatrix, ReplayPool
 from routerops.candidates.types import QuestionInfo
 from routerops.config import Params, TrainRouterParams, load_params
 from routerops.io import write_json_atomic
-from routerops.paths import REPO_ROOT, default_pool_file
+from routerops.paths import default_pool_file, project_root
 from routerops.pool import Pool, load_pool
+
+FINAL_WINDOW = 5  # GRPO steps averaged into the reported final metrics
 
 
 @dataclass(frozen=True)
@@ -80,10 +82,14 @@ def run_local(params: Params, inputs: Inputs, out_dir: Path, ckpt_dir: Path, pro
     resumed = prepare_checkpoints(ckpt_dir, fingerprint(params, inputs))
     result = LocalTrainer(params, inputs.pool, questions, replay, ckpt_dir, progress=progress).run(out_dir)
     first, last = result.history[0], result.final
+    # One step samples only questions_per_step questions: report the mean of the last steps.
+    tail = [h for h in result.history if h.get("phase") == "grpo"][-FINAL_WINDOW:] or [last]
+    final = {k: sum(h[k] for h in tail) / len(tail) for k, v in last.items()
+             if isinstance(v, (int, float)) and k != "step"}
     return {
-        "backend": "local", "resumed": resumed, "steps": last["step"],
+        "backend": "local", "resumed": resumed, "steps": last["step"], "final_window_steps": len(tail),
         "start": {k: first[k] for k in ("reward", "format_valid", "em", "usd_per_question")},
-        "final": {k: v for k, v in last.items() if k != "step"},
+        "final": final,
         "replay": replay.stats.summary(),
         "history": result.history,
     }
@@ -94,11 +100,11 @@ def run_verl(params: Params, inputs: Inputs, out_dir: Path, ckpt_dir: Path) -> d
     from routerops.training import verl_backend as vb
 
     prepare_checkpoints(ckpt_dir, fingerprint(params, inputs))
-    dry = vb.dry_run(params, out_dir=ckpt_dir / "verl", params_path=REPO_ROOT / "params.yaml",
+    dry = vb.dry_run(params, out_dir=ckpt_dir / "verl", params_path=project_root() / "params.yaml",
                      dataset_dir=inputs.dataset_dir, checkpoint_dir=ckpt_dir)
-    subprocess.run(list(dry.command), check=True, cwd=REPO_ROOT)
+    subprocess.run(list(dry.command), check=True, cwd=project_root())
     step = vb.latest_checkpoint_step(ckpt_dir)
-    subprocess.run(vb.export_command(ckpt_dir, step, out_dir), check=True, cwd=REPO_ROOT)
+    subprocess.run(vb.export_command(ckpt_dir, step, out_dir), check=True, cwd=project_root())
     costs = vb.summarize_training_costs(ckpt_dir / vb.COST_LOG_FILE)
     train = costs.for_split("train")
     last = train[-1] if train else None
@@ -108,11 +114,11 @@ def run_verl(params: Params, inputs: Inputs, out_dir: Path, ckpt_dir: Path) -> d
 
 
 def main() -> None:
-    params = load_params(REPO_ROOT / "params.yaml")
+    params = load_params(project_root() / "params.yaml")
     tp: TrainRouterParams = params.require("train_router")
-    inputs = Inputs(load_pool(default_pool_file()), REPO_ROOT / params.require("build_dataset").out_dir,
-                    REPO_ROOT / params.require("build_dataset").raw_dir / "pool")
-    out_dir, ckpt_dir = REPO_ROOT / tp.out_dir, REPO_ROOT / tp.checkpoint_dir
+    inputs = Inputs(load_pool(default_pool_file()), project_root() / params.require("build_dataset").out_dir,
+                    project_root() / params.require("build_dataset").raw_dir / "pool")
+    out_dir, ckpt_dir = project_root() / tp.out_dir, project_root() / tp.checkpoint_dir
     if tp.backend == "local":
         summary = run_local(params, inputs, out_dir, ckpt_dir, progress=sys.stderr.isatty() or "CI" not in os.environ)
     else:
@@ -121,13 +127,14 @@ def main() -> None:
     if history:
         from routerops.training.local_backend import write_history
 
-        write_history(history, REPO_ROOT / tp.history)
-    write_json_atomic(REPO_ROOT / tp.metrics, summary)
+        write_history(history, project_root() / tp.history)
+    write_json_atomic(project_root() / tp.metrics, summary)
     f = summary.get("final", {})
     if f and "start" in summary:
         s = summary["start"]
         sys.stdout.write(
-            f"train_router: {summary['steps']} GRPO steps{' (resumed)' if summary.get('resumed') else ''}; "
+            f"train_router: {summary['steps']} GRPO steps{' (resumed)' if summary.get('resumed') else ''} "
+            f"(final = mean of last {summary['final_window_steps']}); "
             f"reward {s['reward']:.3f} -> {f['reward']:.3f}, format-valid {s['format_valid']:.2f} -> "
             f"{f['format_valid']:.2f}, EM {s['em']:.2f} -> {f['em']:.2f}, "
             f"USD/question {f['usd_per_question'] * 1e6:.1f} micro-USD -> {out_dir}\n")

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from routerops.config import Params, load_params
 from routerops.datasets import SOURCES, dedup_key
 from routerops.io import atomic_dir, write_json_atomic
-from routerops.paths import REPO_ROOT
+from routerops.paths import project_root
 from routerops.prompt import apply_chat_template
 from routerops.tokens import ByteTokenizer
 
@@ -159,12 +159,12 @@ def _tokenizer(spec: str) -> Any:
 
 
 def main() -> None:
-    params = load_params(REPO_ROOT / "params.yaml")
+    params = load_params(project_root() / "params.yaml")
     vp = params.require("validate_dataset")
-    dataset_dir = REPO_ROOT / params.require("build_dataset").out_dir
-    out = run(params, dataset_dir, REPO_ROOT / vp.out_dir, _tokenizer(vp.tokenizer))
-    write_json_atomic(REPO_ROOT / vp.metrics, out.metrics)
-    docs = REPO_ROOT / vp.out_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    dataset_dir = project_root() / params.require("build_dataset").out_dir
+    out = run(params, dataset_dir, project_root() / vp.out_dir, _tokenizer(vp.tokenizer))
+    write_json_atomic(project_root() / vp.metrics, out.metrics)
+    docs = project_root() / vp.out_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     if out.success:
         sys.stdout.write(f"validate_dataset: {out.metrics['expectations']} expectations passed on "
                          f"{out.metrics['rows']} rows; data docs: {docs}\n")
