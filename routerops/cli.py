@@ -269,11 +269,26 @@ def data_seed(
     if not dvc_file.is_file():
         typer.echo(f"no {dvc_file.name} yet: record this version with `dvc add {dest.name}` and commit {dvc_file.name}")
         return
-    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", dvc_file.name],
-                          cwd=dest.parent, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise _fail(f"dvc status failed: {proc.stderr.strip()}", 1)
-    changed = json.loads(proc.stdout or "{}")
+    def status() -> dict[str, Any]:
+        proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", dvc_file.name],
+                              cwd=dest.parent, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise _fail(f"dvc status failed: {proc.stderr.strip()}", 1)
+        return dict(json.loads(proc.stdout or "{}"))
+
+    changed = status()
+    outs = [v for entry in changed.get(dvc_file.name, []) for v in entry.get("changed outs", {}).values()]
+    if outs and set(outs) == {"not in cache"}:
+        # A fresh clone: the workspace may be the recorded version with an empty DVC cache.
+        # Caching it must leave data.dvc byte-identical; otherwise it is a new version.
+        recorded = dvc_file.read_bytes()
+        subprocess.run([sys.executable, "-m", "dvc", "commit", "-f", "-q", dvc_file.name], cwd=dest.parent,
+                       capture_output=True, text=True)
+        if dvc_file.read_bytes() == recorded:
+            changed = status()
+        else:
+            dvc_file.write_bytes(recorded)
+            changed = {dvc_file.name: ["modified"]}
     if not changed:
         typer.echo(f"matches the data version recorded in {dvc_file.name}")
         return

@@ -1,30 +1,107 @@
+"""The pipeline flow end to end, in a scratch clone of this repository with its own S3 store.
+
+The clone has its own params (a tiny training run), its own data/, and a DVC remote on a
+SeaweedFS instance on free loopback ports, so nothing here touches the developer's checkout or
+demo store.
+"""
+
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
+import boto3
 import pytest
+import yaml
 
 from flows.pipeline import pipeline
+from infra.local.dvc_remote import configure_remote
+from infra.local.s3 import LocalS3, Ports
+
+TINY = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
+        "num_kv_heads": 2, "copy_drills": 0, "sft_examples": 300, "sft_epochs": 1, "grpo_steps": 2,
+        "questions_per_step": 2, "group_size": 2, "checkpoint_every": 1}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    s3 = LocalS3(data_dir=tmp_path_factory.mktemp("s3"), ports=Ports.free())
+    s3.start(timeout_s=90)
+    yield s3
+    s3.stop(timeout_s=30)
+
+
+def objects(store: LocalS3, prefix: str) -> list[str]:
+    s3 = boto3.client("s3", endpoint_url=store.endpoint_url, aws_access_key_id=store.access_key,
+                      aws_secret_access_key=store.secret_key, region_name="us-east-1")
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def make_clone(repo_root: Path, dest: Path, store: LocalS3, prefix: str) -> Path:
+    subprocess.run(["git", "clone", "-q", str(repo_root), str(dest)], check=True, timeout=120)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["train_router"]["local"].update(TINY)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    configure_remote(dest, endpoint_url=store.endpoint_url, access_key_id=store.access_key,
+                     secret_access_key=store.secret_key, url=f"s3://{store.bucket}/{prefix}")
+    return dest
+
+
+@pytest.fixture()
+def clone_env(monkeypatch, shared_data, tmp_path):
+    monkeypatch.setenv("ROUTEROPS_SHARED_DATA", str(shared_data))
+    monkeypatch.delenv("ROUTEROPS_POOL", raising=False)
+    monkeypatch.delenv("ROUTEROPS_RUNS_DIR", raising=False)
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site-cache"))
+
+
+def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
-def test_pipeline_flow_runs_end_to_end(prefect_server, monkeypatch, tmp_path) -> None:
-    monkeypatch.setenv("ROUTEROPS_RUNS_DIR", str(tmp_path))
-    summary = pipeline()
-    assert summary["questions"] >= 1 and 0.0 <= summary["em"] <= 1.0
-    traces = (tmp_path / "route_samples" / "traces.jsonl").read_text().splitlines()
-    assert len(traces) == summary["questions"]
-    assert json.loads(traces[0])["calls"]
+def test_pipeline_runs_end_to_end_and_pushes(prefect_server, repo_root, store, clone_env, tmp_path) -> None:
+    repo = make_clone(repo_root, tmp_path / "clone", store, "ok")
+    summary = pipeline(repo=repo, start_store=False)
+    assert summary["validation"]["success"] is True
+    assert summary["data_card"]["rows"]["train"] == {"hotpotqa": 400, "nq": 400, "triviaqa": 200}
+    assert summary["train"]["steps"] == TINY["grpo_steps"] and summary["route_samples"]["questions"] >= 1
+    assert (repo / "artifacts" / "router" / "config.json").is_file()
+    pushed = objects(store, "ok/")
+    assert len(pushed) > 10
+    # a second repro does nothing: DVC alone decides, and nothing changed
+    again = dvc(repo, "repro")
+    assert again.returncode == 0, again.stderr
+    assert "Running stage" not in again.stdout and again.stdout.count("didn't change, skipping") >= 3
+    # a price change (prices are not in the prompt) re-runs training only, never the dataset
+    pool = (repo / "pool.yaml").read_text().replace("output_usd_per_mtok: 1.20", "output_usd_per_mtok: 2.40")
+    (repo / "pool.yaml").write_text(pool)
+    status = json.loads(dvc(repo, "status", "--json").stdout)
+    assert set(status) == {"train_router"}
 
 
 @pytest.mark.slow
-def test_pipeline_stops_on_an_invalid_pool(prefect_server, monkeypatch, tmp_path, repo_root) -> None:
-    bad = tmp_path / "pool.yaml"
-    bad.write_text((repo_root / "pool.yaml").read_text().replace("descriptor: >-", "descriptor: ''\n    x: >-", 1))
-    monkeypatch.setenv("ROUTEROPS_POOL", str(bad))
-    monkeypatch.setenv("ROUTEROPS_RUNS_DIR", str(tmp_path / "runs"))
-    state = pipeline(return_state=True)
+def test_validation_failure_stops_before_push(prefect_server, repo_root, store, clone_env, tmp_path) -> None:
+    repo = make_clone(repo_root, tmp_path / "bad", store, "bad")
+    seeded = subprocess.run([sys.executable, "-m", "routerops.cli", "data", "seed"], cwd=repo, capture_output=True,
+                            text=True, timeout=120)
+    assert seeded.returncode == 0, seeded.stderr
+    # Crafted bad data: every NQ question of the training source becomes 3,000 characters long,
+    # a legal row that no router prompt can hold (rollout.max_prompt_tokens).
+    src = repo / "data" / "pool" / "llmrouter_queries_train.jsonl"
+    rows = [json.loads(x) for x in src.read_text().splitlines()]
+    for r in rows:
+        if r["task_name"] == "natural_qa":
+            r["query"] = ("why " * 750).strip()
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    state = pipeline(repo=repo, seed=False, start_store=False, samples=False, return_state=True)
     assert state.is_failed()
-    with pytest.raises(Exception, match="pool validate"):
+    with pytest.raises(Exception, match="validate_dataset"):
         state.result()
-    assert not (tmp_path / "runs").exists()  # nothing ran after the failed gate
+    assert objects(store, "bad/") == []  # nothing was pushed
+    card = json.loads((repo / "metrics" / "validation.json").read_text())
+    assert card["success"] is False and card["failed"] >= 1
+    assert not (repo / "artifacts" / "router").exists()  # training never ran

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -69,6 +71,20 @@ def test_cli_seed_reports_a_new_data_version(shared_data, tmp_path) -> None:
     assert same.returncode == 0 and "matches the data version recorded in data.dvc" in same.stdout
     (repo / "data" / "extra.jsonl").write_text("{}\n")  # removed again by the mirror
     assert run(*cli).returncode == 0
+    # a fresh clone: the recorded version with an empty DVC cache is still the same version
+    shutil.rmtree(repo / ".dvc" / "cache")
+    fresh = run(*cli)
+    assert fresh.returncode == 0 and "matches the data version" in fresh.stdout
+    # ... but a changed file with an empty cache is a new version, and data.dvc is left alone
+    recorded = (repo / "data.dvc").read_text()
+    shutil.rmtree(repo / ".dvc" / "cache")
+    edited_shared = tmp_path / "shared"
+    shutil.copytree(shared_data, edited_shared)
+    (edited_shared / "README.md").write_text("edited")
+    edited = subprocess.run(cli, cwd=repo, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "ROUTEROPS_SHARED_DATA": str(edited_shared)})
+    assert edited.returncode == 3 and "new data version" in edited.stdout
+    assert (repo / "data.dvc").read_text() == recorded
     (repo / "data.dvc").write_text((repo / "data.dvc").read_text().replace("md5: ", "md5: 0", 1))
     changed = run(*cli)
     assert changed.returncode == 3 and "this is a new data version" in changed.stdout
