@@ -92,10 +92,10 @@ def test_validation_failure_stops_before_push(prefect_server, repo_root, store, 
     # Crafted bad data: every NQ question of the training source becomes 3,000 characters long,
     # a legal row that no router prompt can hold (rollout.max_prompt_tokens).
     src = repo / "data" / "pool" / "llmrouter_queries_train.jsonl"
-    rows = [json.loads(x) for x in src.read_text().splitlines()]
-    for r in rows:
+    rows = [json.loads(x) for x in src.read_text(encoding="utf-8").split("\n") if x.strip()]
+    for i, r in enumerate(rows):
         if r["task_name"] == "natural_qa":
-            r["query"] = ("why " * 750).strip()
+            r["query"] = f"{'why ' * 750}number {i}"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     state = pipeline(repo=repo, seed=False, start_store=False, samples=False, return_state=True)
     assert state.is_failed()
