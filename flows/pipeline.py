@@ -1,9 +1,9 @@
 """The RouterOps pipeline flow (`make demo` runs it on the embedded local profile).
 
 validate the pool -> start the loopback S3 store and point DVC at it -> seed the raw snapshot
-(checked against data.dvc) -> `dvc repro` (build and validate the dataset, train the router;
-DVC decides what re-runs) -> gate on validation -> `dvc push` -> answer sample questions with
-the scripted router. Evaluation and packaging join this flow as they land.
+(checked against data.dvc) -> `dvc repro` (build and validate the dataset, train the router,
+evaluate it against baselines; DVC decides what re-runs) -> gate on validation -> `dvc push` ->
+answer sample questions with the scripted router. Packaging joins this flow when it lands.
 """
 
 from __future__ import annotations
@@ -77,9 +77,17 @@ def pipeline(repo: Path = REPO_ROOT, seed: bool = True, push: bool = True, sampl
         ])
         publish_markdown("training", table, "Router training (start of RL vs final step)")
         print(table)
+    evaluation = read_metrics("metrics/evaluation.json", repo)
+    report = repo / "artifacts" / "evaluation" / "report.md"
+    if report.is_file():
+        text = report.read_text()
+        publish_markdown("evaluation", text.split("## Router call share")[0], "Router vs baselines, in dollars")
+        print(text.split("## Exact match per benchmark")[0])
+        print(f"evaluation report: {report}\nPareto plot: {report.parent / 'pareto.png'}")
     if push:
         dvc_push(repo)
-    summary: dict[str, Any] = {"data_card": card, "validation": validation, "train": train}
+    summary: dict[str, Any] = {"data_card": card, "validation": validation, "train": train,
+                               "evaluation": evaluation}
     if samples:
         run_stage("route_samples", repo)
         import json

@@ -28,6 +28,8 @@ from routerops.rollout import Trajectory
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="RouterOps: cost-aware LLM routers.")
 pool_app = typer.Typer(no_args_is_help=True, help="Candidate pool and price table.")
 app.add_typer(pool_app, name="pool")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluation results.")
+app.add_typer(eval_app, name="eval")
 data_app = typer.Typer(no_args_is_help=True, help="The raw data snapshot (data/, tracked by data.dvc).")
 app.add_typer(data_app, name="data")
 
@@ -339,6 +341,48 @@ def train(
                     f"records it) rather than with --backend")
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "train_router"], cwd=root)
     raise typer.Exit(proc.returncode)
+
+
+@eval_app.command("reprice")
+def eval_reprice(
+    pool: Annotated[Path, typer.Option("--pool", help="the pool file with the new prices")],
+    trajectories: Annotated[Path | None, typer.Option(help="default: artifacts/evaluation/trajectories.parquet")]
+    = None,
+    old_pool: Annotated[Path | None, typer.Option(help="prices the evaluation ran under (default: pool.yaml)")]
+    = None,
+    plot: Annotated[Path | None, typer.Option(help="where to draw the repriced Pareto plot")] = None,
+    include_prompt: Annotated[bool, typer.Option(help="add prompt tokens x input price")] = False,
+) -> None:
+    """Recompute every cost metric and the Pareto plot under new prices from the stored
+    trajectories. No candidate is called: costs are stored token counts x the new prices."""
+    import pyarrow.parquet as pq
+
+    from routerops.evaluation import EvalRecord, aggregate, reprice_records
+    from routerops.report import pareto_plot
+
+    root = project_root()
+    trajectories = trajectories or root / "artifacts" / "evaluation" / "trajectories.parquet"
+    if not trajectories.is_file():
+        raise _fail(f"{trajectories}: no evaluation trajectories; run `dvc repro evaluate_router` first", 1)
+    old, new = _load_pool(old_pool), _load_pool(pool)
+    records = [EvalRecord.from_row(r) for r in pq.read_table(trajectories).to_pylist()]
+    unpriced = sorted({c.model for r in records for c in r.calls if c.ok} - set(new.names))
+    if unpriced:
+        raise _fail(f"{pool}: no price for model(s) {', '.join(unpriced)} that the evaluation called", 1)
+    before = {m.system: m for m in aggregate(records, old, include_prompt) if m.data_source == "average"}
+    after = [m for m in reprice_records(records, new, include_prompt)]
+    after_avg = {m.system: m for m in after if m.data_source == "average"}
+    typer.echo(f"repriced {len(records)} records from {trajectories.name}: {old.pricing.label} -> "
+               f"{new.pricing.label} (0 candidate calls)")
+    typer.echo(f"{'system':<34} {'EM':>6} {'micro-USD/q old':>16} {'new':>10} {'change':>8}")
+    for s in sorted(before):
+        b, a = before[s], after_avg[s]
+        change = (a.usd_per_question / b.usd_per_question - 1) * 100 if b.usd_per_question else 0.0
+        typer.echo(f"{s:<34} {b.em:>6.3f} {b.usd_per_question * 1e6:>16.1f} {a.usd_per_question * 1e6:>10.1f} "
+                   f"{change:>+7.1f}%")
+    target = plot or trajectories.parent / f"pareto-{new.pricing.id}.png"
+    pareto_plot(after, target, title=f"EM vs cost, repriced ({new.pricing.label})")
+    typer.echo(f"Pareto plot under the new prices: {target}")
 
 
 def main() -> None:  # console-script entry point

@@ -210,6 +210,19 @@ class TrainRouterParams(_Section):
     verl: VerlTrainParams = VerlTrainParams()
 
 
+class EvaluateRouterParams(_Section):
+    decoding: Literal["greedy", "sampled"] = "greedy"
+    seed: int = 0
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    concurrency: int = Field(64, ge=1)
+    knn_k: int = Field(10, ge=1)
+    knn_train_questions: int = Field(600, ge=1)
+    knn_cost_weight: float = Field(0.5, ge=0)
+    out_dir: str = "artifacts/evaluation"
+    metrics: str = "metrics/evaluation.json"
+
+
 class Params(_Section):
     profile: Literal["local", "gpu"] = "local"
     prompt: PromptParams = PromptParams()
@@ -220,6 +233,7 @@ class Params(_Section):
     build_dataset: BuildDatasetParams | None = None
     validate_dataset: ValidateDatasetParams | None = None
     train_router: TrainRouterParams | None = None
+    evaluate_router: EvaluateRouterParams | None = None
 
     def require(self, section: str) -> Any:
         value = getattr(self, section)

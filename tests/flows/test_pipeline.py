@@ -76,11 +76,13 @@ def test_pipeline_runs_end_to_end_and_pushes(prefect_server, repo_root, store, c
     again = dvc(repo, "repro")
     assert again.returncode == 0, again.stderr
     assert "Running stage" not in again.stdout and again.stdout.count("didn't change, skipping") >= 3
-    # a price change (prices are not in the prompt) re-runs training only, never the dataset
+    assert summary["evaluation"]["average"]["router"]["em"] >= 0.0
+    assert (repo / "artifacts" / "evaluation" / "pareto.png").is_file()
+    # a price change (prices are not in the prompt) re-runs training and evaluation, never the dataset
     pool = (repo / "pool.yaml").read_text().replace("output_usd_per_mtok: 1.20", "output_usd_per_mtok: 2.40")
     (repo / "pool.yaml").write_text(pool)
     status = json.loads(dvc(repo, "status", "--json").stdout)
-    assert set(status) == {"train_router"}
+    assert set(status) == {"train_router", "evaluate_router"}
 
 
 @pytest.mark.slow
@@ -105,3 +107,4 @@ def test_validation_failure_stops_before_push(prefect_server, repo_root, store, 
     card = json.loads((repo / "metrics" / "validation.json").read_text())
     assert card["success"] is False and card["failed"] >= 1
     assert not (repo / "artifacts" / "router").exists()  # training never ran
+    assert not (repo / "artifacts" / "evaluation").exists()

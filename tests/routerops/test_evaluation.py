@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import pytest
+
+from routerops.evaluation import Call, EvalRecord, aggregate, baseline_choice, oracle_choice, reprice_records
+from routerops.pool import parse_pool
+
+Q7, MIX = "Qwen2.5-7B-Instruct", "Mixtral-8x22B-Instruct"
+
+
+def rec(system, qid, source, answer, golds, calls, latency=0.0, fmt=True) -> EvalRecord:
+    return EvalRecord(system, qid, source, f"q {qid}?", tuple(golds), answer, fmt, tuple(calls), latency)
+
+
+FIXTURE = [
+    # router on nq: one right (1 Qwen call, 100 tokens), one wrong (2 calls), one bad format (no call)
+    rec("router", "a", "nq", "Paris", ["Paris"], [Call(Q7, True, 100)], 1.0),
+    rec("router", "b", "nq", "Lyon", ["Rome"], [Call(Q7, True, 50), Call(MIX, True, 10)], 2.0),
+    rec("router", "c", "nq", None, ["Oslo"], [], 3.0, fmt=False),
+    # router on popqa: right, with a failed call that costs nothing
+    rec("router", "d", "popqa", "the Beatles", ["Beatles"], [Call(MIX, False, failure="timeout: read"), Call(MIX, True, 20)], 4.0),
+]
+
+
+def test_metrics_on_a_hand_computed_fixture(pool) -> None:
+    by = {(m.system, m.data_source): m for m in aggregate(FIXTURE, pool)}
+    nq, pop, avg = by[("router", "nq")], by[("router", "popqa")], by[("router", "average")]
+    assert nq.questions == 3 and nq.em == pytest.approx(1 / 3) and nq.format_valid == pytest.approx(2 / 3)
+    assert nq.usd_per_question == pytest.approx((100 * 0.30 + 50 * 0.30 + 10 * 1.20) / 1e6 / 3)
+    assert nq.calls_per_question == pytest.approx(1.0)
+    assert nq.call_share == {MIX: pytest.approx(1 / 3), Q7: pytest.approx(2 / 3)}
+    assert nq.latency_p50_s == 2.0 and nq.latency_p95_s == pytest.approx(2.9)
+    assert pop.em == 1.0 and pop.candidate_failures == 1 and pop.usd_per_question == pytest.approx(20 * 1.2e-6)
+    assert avg.em == pytest.approx((1 / 3 + 1) / 2)  # macro over benchmarks
+    assert avg.candidate_failures == 1 and avg.questions == 4
+    assert avg.call_share[MIX] == pytest.approx((1 / 3 + 1) / 2)
+
+
+def test_reprice_uses_stored_tokens_only(pool) -> None:
+    raw = pool.model_dump(mode="json")
+    cheaper = parse_pool({
+        "pricing": {**{k: raw["pricing"][k] for k in ("label", "effective_date", "source")},
+                    "prices": {c.name: {"input_usd_per_mtok": c.price.input_usd_per_mtok,
+                                        "output_usd_per_mtok": c.price.output_usd_per_mtok / (10 if c.name == MIX else 1)}
+                               for c in pool}},
+        "candidates": [{k: v for k, v in c.items() if k != "price"} for c in raw["candidates"]]})
+    old = {(m.system, m.data_source): m for m in aggregate(FIXTURE, pool)}
+    new = {(m.system, m.data_source): m for m in reprice_records(FIXTURE, cheaper)}
+    assert new[("router", "popqa")].usd_per_question == pytest.approx(old[("router", "popqa")].usd_per_question / 10)
+    assert new[("router", "nq")].em == old[("router", "nq")].em
+
+
+def test_record_row_round_trip() -> None:
+    r = FIXTURE[3]
+    assert EvalRecord.from_row(r.as_row()) == r
+
+
+def test_baseline_choices(pool) -> None:
+    # expected dollars per call = output price x mean completion tokens (Mixtral: 1.20 x 17 = 20.4)
+    assert baseline_choice("cheapest", pool, "q", 0) == "Mistral-7B-Instruct"  # 0.20 x 101 = 20.2
+    assert baseline_choice("most_expensive", pool, "q", 0) == "LLaMA-3.1-70B-Instruct"  # 0.88 x 174
+    picks = {baseline_choice("random", pool, f"q{i}", 0) for i in range(200)}
+    assert picks == set(pool.names)
+    assert baseline_choice("random", pool, "q1", 0) == baseline_choice("random", pool, "q1", 0)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        baseline_choice("best", pool, "q", 0)
+
+
+def test_oracle_is_the_cheapest_correct_candidate(pool) -> None:
+    single = {
+        Q7: rec(f"single:{Q7}", "a", "nq", "x", ["Paris"], [Call(Q7, True, 100)]),       # wrong
+        MIX: rec(f"single:{MIX}", "a", "nq", "Paris", ["Paris"], [Call(MIX, True, 17)]),  # right, 20.4 u$
+        "LLaMA-3.1-8B-Instruct": rec("s", "a", "nq", "Paris", ["Paris"], [Call("LLaMA-3.1-8B-Instruct", True, 164)]),
+    }
+    assert oracle_choice(single, pool) == MIX
+    single[MIX] = rec(f"single:{MIX}", "a", "nq", "no", ["Paris"], [Call(MIX, True, 17)])
+    assert oracle_choice(single, pool) == "LLaMA-3.1-8B-Instruct"
+    none_right = {m: rec("s", "a", "nq", "no", ["Paris"], [Call(m, True, 10)]) for m in (Q7, MIX)}
+    assert oracle_choice(none_right, pool) == Q7  # cheapest call when nobody is right

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pyarrow.parquet as pq
+
+from routerops.candidates.client import ClientConfig, OpenAIChatClient
+from routerops.candidates.replay import QualityMatrix, ReplayPool
+from routerops.candidates.types import QuestionInfo
+from routerops.evaluation import EvalRecord, aggregate, reprice_records
+from routerops.pool import parse_pool
+from routerops.testing.fakeserver import FakeOpenAIServer, Fault
+from stages.evaluate_router import single_calls, write
+
+QUESTIONS = [QuestionInfo(f"nq:test:{i}", f"who wrote book number {i}?", "nq", (f"Author {i}",)) for i in range(8)]
+
+
+class Counting:
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    async def call(self, candidate, query, context=None):
+        self.calls += 1
+        return await self.inner.call(candidate, query, context)
+
+
+def records(singles) -> list[EvalRecord]:
+    return [r for per in singles.values() for r in per.values()]
+
+
+def test_reprice_equals_a_fresh_evaluation_with_zero_calls(pool, shared_data) -> None:
+    matrix = QualityMatrix.load(shared_data / "pool")
+    raw = pool.model_dump(mode="json")
+    raw["pricing"]["prices"] = {c.name: {"input_usd_per_mtok": c.price.input_usd_per_mtok * 3,
+                                         "output_usd_per_mtok": c.price.output_usd_per_mtok * 3} for c in pool}
+    for c in raw["candidates"]:
+        c.pop("price")
+    raw["pricing"].pop("id")
+    new_pool = parse_pool({"pricing": raw["pricing"], "candidates": raw["candidates"]})
+
+    old_backend = Counting(ReplayPool(matrix, seed=0))
+    old = records(asyncio.run(single_calls(QUESTIONS, pool, old_backend, 8, "t", False)))
+    assert old_backend.calls == len(QUESTIONS) * len(pool)
+    fresh_backend = Counting(ReplayPool(matrix, seed=0))
+    fresh = records(asyncio.run(single_calls(QUESTIONS, new_pool, fresh_backend, 8, "t", False)))
+
+    repriced = reprice_records(old, new_pool)  # takes no backend at all: zero calls by construction
+    expected = aggregate(fresh, new_pool)
+    def comparable(ms):  # everything but wall-clock latency, which is measured, not computed
+        return sorted((m.system, m.data_source, m.questions, m.em, m.f1, m.format_valid, m.usd_per_question,
+                       m.calls_per_question, tuple(m.call_share.items()), m.candidate_failures) for m in ms)
+
+    assert comparable(repriced) == comparable(expected)
+    assert any(m.usd_per_question > 0 for m in repriced)
+
+
+def test_candidate_outage_is_counted_and_outputs_are_written(pool, tmp_path) -> None:
+    # One candidate's endpoint answers 503 to every request; the others answer normally.
+    def fault(req):
+        return Fault.http_status(503) if req.model == pool.get("Mixtral-8x22B-Instruct").provider_model_id else None
+
+    with FakeOpenAIServer(on_request=fault) as server:
+        async def go():
+            client = OpenAIChatClient(ClientConfig(max_attempts=2, backoff_base_s=0.01, backoff_max_s=0.02,
+                                                   read_timeout_s=2), base_url=server.base_url, api_key="k")
+            try:
+                return await single_calls(QUESTIONS, pool, client, 8, "t", False)
+            finally:
+                await client.aclose()
+
+        singles = asyncio.run(go())
+    recs = records(singles)
+    avg = {m.system: m for m in aggregate(recs, pool) if m.data_source == "average"}
+    assert avg["single:Mixtral-8x22B-Instruct"].candidate_failures == len(QUESTIONS)
+    assert avg["single:Mixtral-8x22B-Instruct"].usd_per_question == 0.0
+    assert avg["single:Qwen2.5-7B-Instruct"].candidate_failures == 0
+    failed = next(r for r in recs if r.system == "single:Mixtral-8x22B-Instruct")
+    assert failed.calls[0].failure.startswith("http_status") and failed.answer is None
+
+    result = {"records": recs, "metrics": aggregate(recs, pool), "replay": {},
+              "decoding": {"mode": "greedy", "seed": 0}}
+    report = write(result, pool, tmp_path / "evaluation", tmp_path / "metrics.json")
+    assert "candidate failures" in report.read_text() and (tmp_path / "evaluation" / "pareto.png").stat().st_size > 0
+    assert pq.read_table(tmp_path / "evaluation" / "trajectories.parquet").num_rows == len(recs)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["average"]["single:Mixtral-8x22B-Instruct"]["candidate_failures"] == len(QUESTIONS)
