@@ -17,11 +17,24 @@ from typing import Any
 from routerops.rollout import Generation
 from routerops.tokens import Tokenizer
 
-__all__ = ["ANSWER_THINK", "ScriptedRouter", "TransformersGenerator", "extract_reply_answer",
-           "load_transformers_policy"]
+__all__ = [
+    "ANSWER_THINK",
+    "ScriptedRouter",
+    "TransformersGenerator",
+    "answer_turn",
+    "extract_reply_answer",
+    "load_transformers_policy",
+]
 
 # What the scripted router thinks before answering; the local SFT traces use the same words.
 ANSWER_THINK = "The reply answers it."
+
+
+def answer_turn(answer: str) -> str:
+    """The final turn. `<answer> X</answer>` with a space: byte-level BPE tokenises " X" the way
+    it does inside a reply ("... is X."), so a small policy answers by copying tokens; answer
+    extraction and SQuAD normalisation ignore the space."""
+    return f"<think>{ANSWER_THINK}</think>\n<answer> {answer}</answer>"
 _QUESTION_RE = re.compile(r"Question: ([^\n]+)")
 _INFO_RE = re.compile(r"<information>(.*?)</information>", re.DOTALL)
 _LEADS = re.compile(
@@ -70,13 +83,13 @@ class ScriptedRouter:
         for reply in reversed(replies):
             ans = extract_reply_answer(reply)
             if ans:
-                return f"<think>{ANSWER_THINK}</think>\n<answer>{ans}</answer>"
+                return answer_turn(ans)
         order = list(self.route_to(question) if callable(self.route_to) else self.route_to)
         if len(replies) < len(order):
             model = order[len(replies)]
             why = "I should ask a model." if not replies else "That did not answer it; I will ask another model."
             return f"<think>{why}</think>\n<search>{model}: {self.query or question}</search>"
-        return f"<think>No model could answer.</think>\n<answer>{self.fallback_answer}</answer>"
+        return f"<think>No model could answer.</think>\n<answer> {self.fallback_answer}</answer>"
 
     async def generate(self, prompt_ids: list[int], *, max_new_tokens: int, stop: Sequence[str]) -> Generation:
         text = self.next_turn(self.tokenizer.decode(prompt_ids, skip_special_tokens=True))

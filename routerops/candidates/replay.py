@@ -39,12 +39,14 @@ __all__ = ["CORRECT_TEMPLATES", "WRONG_TEMPLATES", "QualityMatrix", "ReplayPool"
 _TASK_TO_SOURCE = {"natural_qa": "nq", "trivia_qa": "triviaqa"}
 CORRECT_THRESHOLD = 0.5
 
+# The answer always follows a space: byte-level BPE then gives it the same tokens as in a router's
+# `<answer> X</answer>`, so answering is a token-for-token copy (see policy.answer_turn).
 CORRECT_TEMPLATES = (
     "The answer is {a}.",
     "It is {a}.",
     "That would be {a}.",
     "As far as I know, the answer is {a}.",
-    "{a} is the answer.",
+    "I am fairly sure it is {a}.",
 )
 WRONG_TEMPLATES = (
     "The answer is {a}.",

@@ -33,7 +33,7 @@ from routerops.candidates.replay import CORRECT_TEMPLATES, WRONG_TEMPLATES, Repl
 from routerops.candidates.types import QuestionInfo
 from routerops.config import LocalTrainParams, Params
 from routerops.io import atomic_dir, write_json_atomic, write_text_atomic
-from routerops.policy import ANSWER_THINK, ScriptedRouter
+from routerops.policy import ScriptedRouter, answer_turn
 from routerops.pool import Pool
 from routerops.rewards import CostNormalizer, ScoreItem, SlidingWindowNormalizer, normalizer_from_state, score_batch
 from routerops.rollout import RolloutLimits, Trajectory, run_episodes
@@ -161,7 +161,7 @@ class LocalTrainer:
         for _ in range(n):
             a = rng.choice(answers)
             head = f"\n\n<information>{rng.choice(templates).format(a=a)}</information>\n\n"
-            tail = f"<think>{ANSWER_THINK}</think>\n<answer>{a}</answer>"
+            tail = answer_turn(a)
             out.append((tokenizer.encode(head, add_special_tokens=False),
                         tokenizer.encode(tail, add_special_tokens=False)))
         return out

@@ -30,11 +30,11 @@ CHAT_TEMPLATE = (
 PROTOCOL_TEXT = (
     "<think>I should ask a model.</think>\n<search>",
     "</search>\n\n<information>",
-    "</information>\n\n<think>The reply gives the answer ",
+    "</information>\n\n<think>The reply answers it.</think>\n<answer> ",
     "That did not answer it; I will ask another model.",
     "</think>\n<answer>",
     "</answer>",
-    "The answer is ", "It is most likely ", "I believe it is ", "That would be ", " is the answer.",
+    "The answer is ", "It is most likely ", "I believe it is ", "That would be ", "I am fairly sure it is ",
     "I am not certain about this and cannot give a reliable answer.",
     "I do not have enough information to answer that.",
     "<|user|>\n", "<|assistant|>\n",

@@ -29,7 +29,7 @@ def test_scripted_router_escalates_then_answers() -> None:
     ctx += "<search>A: who?</search>\n\n<information>I do not have enough information to answer that.</information>\n\n"
     assert r.next_turn(ctx).endswith("<search>B: who?</search>")
     ctx += "<search>B: who?</search>\n\n<information>None</information>\n\n"
-    assert r.next_turn(ctx).endswith("<answer>dunno</answer>")
+    assert r.next_turn(ctx).endswith("<answer> dunno</answer>")
     with pytest.raises(ValueError):
         ScriptedRouter(ByteTokenizer(), [])
 
