@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import os
 import platform
-import subprocess
 import sys
 import threading
 import time
@@ -32,7 +31,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without ins
 
 from routerops.candidates import CandidateReply, ClientConfig, OpenAIChatClient, request_body  # noqa: E402
 from routerops.pool import Candidate, load_pool  # noqa: E402
-from routerops.testing.fakeserver import FakeOpenAIServer  # noqa: E402
+from routerops.testing.fakeserver import FakeOpenAIServer, subprocess_server  # noqa: E402
 
 # Router-R1 fans candidate calls out over a fixed pool of 10 worker threads.
 THREAD_POOL_SIZE = 10
@@ -70,24 +69,8 @@ def fake_server(latency_s: float, in_process: bool) -> Iterator[str]:
         with FakeOpenAIServer(latency_s=latency_s, log_requests=False) as server:
             yield server.base_url
         return
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "routerops.testing.fakeserver", "--latency", str(latency_s)],
-        stdout=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT,
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http://"):
-            raise RuntimeError(f"fake server did not start (exit code {proc.poll()})")
+    with subprocess_server(latency_s) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 async def run_async(url: str, candidate: Candidate, concurrency: int, calls: int, latency_s: float) -> Row:

@@ -114,19 +114,33 @@ class BatchedGenerator:
         return await fut
 
     async def _flush(self) -> None:
-        for _ in range(self.gather_turns):
-            await asyncio.sleep(0)
-        while self._pending:
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
-            try:
-                outs = self._run(batch)
-            except Exception as exc:  # surface the failure in every waiting episode
-                for r in batch:
+        batch: list[_Request] = []
+        try:
+            for _ in range(self.gather_turns):
+                await asyncio.sleep(0)
+            while self._pending:
+                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+                try:
+                    outs = self._run(batch)
+                except Exception as exc:  # a failed batch fails its own episodes, the rest go on
+                    self._fail(batch, exc)
+                    continue
+                for r, out in zip(batch, outs, strict=True):
                     if not r.future.done():
-                        r.future.set_exception(exc)
-                continue
-            for r, out in zip(batch, outs, strict=True):
-                r.future.set_result(out)
+                        r.future.set_result(out)
+        except BaseException as exc:
+            # Anything else (cancellation, a test timeout delivered into this task, ...) must reach
+            # every waiting episode: a future left pending would hang the rollout forever.
+            self._fail([*batch, *self._pending], exc)
+            self._pending = []
+            raise
+
+    @staticmethod
+    def _fail(batch: list[_Request], exc: BaseException) -> None:
+        err = exc if isinstance(exc, Exception) else RuntimeError(f"generation aborted: {exc!r}")
+        for r in batch:
+            if not r.future.done():
+                r.future.set_exception(err)
 
     @torch.no_grad()
     def _run(self, batch: list[_Request]) -> list[Generation]:

@@ -63,6 +63,7 @@ def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # several CPU trainings; ~1-3 min on an idle 2-core machine
 def test_pipeline_runs_end_to_end_and_pushes(prefect_server, repo_root, store, clone_env, tmp_path) -> None:
     repo = make_clone(repo_root, tmp_path / "clone", store, "ok")
     summary = pipeline(repo=repo, start_store=False)
@@ -86,6 +87,7 @@ def test_pipeline_runs_end_to_end_and_pushes(prefect_server, repo_root, store, c
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # several CPU trainings; ~1-3 min on an idle 2-core machine
 def test_validation_failure_stops_before_push(prefect_server, repo_root, store, clone_env, tmp_path) -> None:
     repo = make_clone(repo_root, tmp_path / "bad", store, "bad")
     seeded = subprocess.run([sys.executable, "-m", "routerops.cli", "data", "seed"], cwd=repo, capture_output=True,

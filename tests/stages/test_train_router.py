@@ -39,6 +39,7 @@ def inputs(repo_root, pool, shared_data, tmp_path_factory) -> Inputs:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # several CPU trainings; ~1-3 min on an idle 2-core machine
 def test_short_local_run_learns_the_format(repo_root, inputs, tmp_path) -> None:
     summary = run_local(tiny_params(repo_root), inputs, tmp_path / "router", tmp_path / "ckpt", progress=False)
     hist = summary["history"]
@@ -76,6 +77,7 @@ KILLED_RUN = textwrap.dedent("""
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # several CPU trainings; ~1-3 min on an idle 2-core machine
 def test_killed_run_resumes_exactly(repo_root, inputs, tmp_path) -> None:
     params = tiny_params(repo_root)
     ref = run_local(params, inputs, tmp_path / "ref-router", tmp_path / "ref-ckpt", progress=False)
