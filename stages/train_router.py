@@ -46,8 +46,25 @@ def train_questions(dataset_dir: Path) -> list[QuestionInfo]:
                          tuple(r["reward_model"]["ground_truth"])) for r in rows]
 
 
+# Code whose change makes old checkpoints another run's (the stage's code deps in dvc.yaml).
+TRAINING_CODE = ("routerops/training", "routerops/rollout.py", "routerops/rewards.py", "routerops/protocol.py",
+                 "routerops/policy.py", "routerops/prompt.py", "routerops/tokens.py", "routerops/candidates/replay.py",
+                 "stages/train_router.py")
+
+
+def code_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for rel in TRAINING_CODE:
+        p = root / rel
+        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def fingerprint(params: Params, inputs: Inputs) -> str:
-    """Hash of what a checkpoint depends on; checkpoint cadence and paths are left out."""
+    """Hash of what a checkpoint depends on (params, prices, data, training code); checkpoint
+    cadence and paths are left out."""
     tp: TrainRouterParams = params.require("train_router")
     local = tp.local.model_dump(exclude={"checkpoint_every"})
     h = hashlib.sha256()
@@ -55,7 +72,8 @@ def fingerprint(params: Params, inputs: Inputs) -> str:
                          "rewards": params.rewards.model_dump(), "rollout": params.rollout.model_dump(),
                          "prompt": params.prompt.model_dump(), "profile": params.profile,
                          "replay": [params.candidates.replay_seed, params.candidates.replay_decline_share],
-                         "pool": inputs.pool.snapshot_id}, sort_keys=True).encode())
+                         "pool": inputs.pool.snapshot_id,
+                         "code": code_hash(Path(__file__).resolve().parents[1])}, sort_keys=True).encode())
     with (inputs.dataset_dir / "rl" / "train.parquet").open("rb") as fh:
         h.update(hashlib.sha256(fh.read()).digest())
     return h.hexdigest()[:16]

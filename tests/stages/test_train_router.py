@@ -15,7 +15,7 @@ from routerops.config import load_params
 from stages.build_dataset import Inputs as BuildInputs
 from stages.build_dataset import run as build
 from stages.build_dataset import write
-from stages.train_router import Inputs, fingerprint, prepare_checkpoints, run_local
+from stages.train_router import TRAINING_CODE, Inputs, code_hash, fingerprint, prepare_checkpoints, run_local
 
 # Small enough for seconds per run on 2 cores, big enough to learn the format.
 TINY = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
@@ -112,5 +112,20 @@ def test_changed_inputs_clear_old_checkpoints(repo_root, inputs, tmp_path) -> No
                         inputs)
     assert other != fp
     assert prepare_checkpoints(tmp_path / "c", other) is False and not (tmp_path / "c" / "step_00002").exists()
-    # checkpoint cadence is not part of the fingerprint
+    # checkpoint cadence is not part of the fingerprint; the training code is
     assert fingerprint(tiny_params(repo_root, checkpoint_every=1), inputs) == fp
+    assert set(TRAINING_CODE) >= {"routerops/training", "routerops/policy.py", "stages/train_router.py"}
+
+
+def test_code_change_changes_the_fingerprint(repo_root, tmp_path) -> None:
+    import shutil
+
+    for rel in TRAINING_CODE:
+        src = repo_root / rel
+        dst = tmp_path / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, dst)
+    before = code_hash(tmp_path)
+    assert before == code_hash(repo_root)
+    (tmp_path / "routerops" / "policy.py").write_text((tmp_path / "routerops" / "policy.py").read_text() + "\n# x\n")
+    assert code_hash(tmp_path) != before
