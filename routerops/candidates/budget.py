@@ -45,8 +45,10 @@ def _validate_charge(usd: float) -> float:
     return amount
 
 
-class RunBudget:
-    """Total spend of one run (training job, evaluation, replay session)."""
+class _Ledger:
+    """Dollars spent against an optional limit, safe to share between threads."""
+
+    _scope = "budget"
 
     def __init__(self, limit_usd: float | None) -> None:
         self._limit = _validate_limit(limit_usd)
@@ -72,69 +74,67 @@ class RunBudget:
 
     @property
     def refusals(self) -> int:
-        """Number of `check()` calls that refused."""
+        """Number of `check()` calls this ledger refused."""
         with self._lock:
             return self._refusals
 
-    @property
-    def remaining_usd(self) -> float | None:
+    def _own_remaining(self) -> float | None:
         """None when unlimited; never negative, even after overshoot."""
         if self._limit is None:
             return None
         with self._lock:
             return max(0.0, self._limit - self._spent)
 
-    def check(self) -> str | None:
-        """Why a new call must be refused, or None if it may go ahead."""
+    def _own_refusal(self) -> str | None:
         if self._limit is None:
             return None
         with self._lock:
             if self._spent >= self._limit:
                 self._refusals += 1
-                return f"run budget spent: ${self._spent:.6f} of ${self._limit:.6f}"
+                return f"{self._scope} budget spent: ${self._spent:.6f} of ${self._limit:.6f}"
         return None
 
-    def charge(self, usd: float) -> None:
+    def _record(self, usd: float) -> float:
         amount = _validate_charge(usd)
         with self._lock:
             self._spent += amount
             self._calls += 1
+        return amount
+
+
+class RunBudget(_Ledger):
+    """Total spend of one run (training job, evaluation, replay session)."""
+
+    _scope = "run"
+
+    @property
+    def remaining_usd(self) -> float | None:
+        return self._own_remaining()
+
+    def check(self) -> str | None:
+        """Why a new call must be refused, or None if it may go ahead."""
+        return self._own_refusal()
+
+    def charge(self, usd: float) -> None:
+        self._record(usd)
 
     def __repr__(self) -> str:
         return f"RunBudget(limit_usd={self._limit!r}, spent_usd={self.spent_usd:.6f})"
 
 
-class RequestBudget:
+class RequestBudget(_Ledger):
     """Spend of one request (one routed question); also charges the run budget it belongs to."""
 
+    _scope = "request"
+
     def __init__(self, limit_usd: float | None, run: RunBudget | None = None) -> None:
-        self._limit = _validate_limit(limit_usd)
+        super().__init__(limit_usd)
         self.run = run
-        self._spent = 0.0
-        self._calls = 0
-        self._lock = threading.Lock()
-
-    @property
-    def limit_usd(self) -> float | None:
-        return self._limit
-
-    @property
-    def spent_usd(self) -> float:
-        with self._lock:
-            return self._spent
-
-    @property
-    def calls(self) -> int:
-        with self._lock:
-            return self._calls
 
     @property
     def remaining_usd(self) -> float | None:
         """The tighter of this request's and the run's remaining dollars (None when both unlimited)."""
-        mine: float | None = None
-        if self._limit is not None:
-            with self._lock:
-                mine = max(0.0, self._limit - self._spent)
+        mine = self._own_remaining()
         theirs = self.run.remaining_usd if self.run is not None else None
         if mine is None:
             return theirs
@@ -142,17 +142,10 @@ class RequestBudget:
 
     def check(self) -> str | None:
         """The request's own limit is checked first, so the reason names the tighter scope."""
-        if self._limit is not None:
-            with self._lock:
-                if self._spent >= self._limit:
-                    return f"request budget spent: ${self._spent:.6f} of ${self._limit:.6f}"
-        return self.run.check() if self.run is not None else None
+        return self._own_refusal() or (self.run.check() if self.run is not None else None)
 
     def charge(self, usd: float) -> None:
-        amount = _validate_charge(usd)
-        with self._lock:
-            self._spent += amount
-            self._calls += 1
+        amount = self._record(usd)
         if self.run is not None:
             self.run.charge(amount)
 
