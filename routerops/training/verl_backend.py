@@ -57,7 +57,7 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 
@@ -154,8 +154,20 @@ class _Runtime:
     backends: Backends
 
 
+_T = TypeVar("_T")
 _RUNTIMES: dict[tuple[str, str], _Runtime] = {}
 _RUNTIME_LOCK = threading.Lock()
+
+
+def _per_process(cache: dict[tuple[str, str], _T], lock: threading.Lock, params_path: str | None,
+                 pool_path: str | None, build: Callable[[Params, Pool], _T]) -> _T:
+    """Build once per (params file, pool file) pair and process, then reuse."""
+    pp, pl = resolve_params_path(params_path).resolve(), resolve_pool_path(pool_path).resolve()
+    key = (str(pp), str(pl))
+    with lock:
+        if key not in cache:
+            cache[key] = build(load_params(pp), load_pool(pl))
+        return cache[key]
 
 
 def _runtime(params_path: str | None, pool_path: str | None) -> _Runtime:
@@ -166,15 +178,11 @@ def _runtime(params_path: str | None, pool_path: str | None) -> _Runtime:
     """
     from routerops.runtime import build_backend
 
-    pp, pl = resolve_params_path(params_path).resolve(), resolve_pool_path(pool_path).resolve()
-    key = (str(pp), str(pl))
-    with _RUNTIME_LOCK:
-        rt = _RUNTIMES.get(key)
-        if rt is None:
-            params = load_params(pp)
-            backends = build_backend(params.candidates, include_prompt_cost=params.rewards.include_prompt_cost)
-            rt = _RUNTIMES[key] = _Runtime(params, load_pool(pl), backends)
-        return rt
+    def build(params: Params, pool: Pool) -> _Runtime:
+        backends = build_backend(params.candidates, include_prompt_cost=params.rewards.include_prompt_cost)
+        return _Runtime(params, pool, backends)
+
+    return _per_process(_RUNTIMES, _RUNTIME_LOCK, params_path, pool_path, build)
 
 
 def episode_limits(rollout: RolloutParams, prompt_tokens: int, response_length: int) -> RolloutLimits:
@@ -484,15 +492,8 @@ _SCORER_LOCK = threading.Lock()
 
 
 def _scorer(params_path: str | None, pool_path: str | None) -> _Scorer:
-    pp, pl = resolve_params_path(params_path).resolve(), resolve_pool_path(pool_path).resolve()
-    key = (str(pp), str(pl))
-    with _SCORER_LOCK:
-        s = _SCORERS.get(key)
-        if s is None:
-            params = load_params(pp)
-            s = _SCORERS[key] = _Scorer(params, load_pool(pl),
-                                        SplitNormalizers(params.rewards.normalizer, params.rewards.window))
-        return s
+    return _per_process(_SCORERS, _SCORER_LOCK, params_path, pool_path, lambda params, pool: _Scorer(
+        params, pool, SplitNormalizers(params.rewards.normalizer, params.rewards.window)))
 
 
 def reset_reward_state() -> None:
