@@ -92,7 +92,8 @@ def main() -> None:
 
     def replay() -> ReplayPool:
         return ReplayPool(matrix, ReplayPool.distractors_from(questions), seed=params.candidates.replay_seed,
-                          decline_share=params.candidates.replay_decline_share)
+                          decline_share=params.candidates.replay_decline_share,
+                          calibrate=params.candidates.replay_calibrate)
 
     if args.out.exists():
         shutil.rmtree(args.out)

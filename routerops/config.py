@@ -70,6 +70,7 @@ class CandidatesParams(_Section):
     cache_path: str | None = ".routerops/cache/responses.sqlite"
     replay_seed: int = 0
     replay_decline_share: float = Field(0.25, ge=0, le=1)
+    replay_calibrate: bool = True
 
 
 class DemoParams(_Section):
@@ -139,18 +140,25 @@ class LocalTrainParams(_Section):
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(4, ge=1)
     num_kv_heads: int = Field(2, ge=1)
-    copy_drills: int = Field(24000, ge=0)
+    copy_drills: int = Field(40000, ge=0)
     drill_batch_size: int = Field(64, ge=1)
-    sft_examples: int = Field(2400, ge=1)
-    sft_epochs: int = Field(2, ge=0)
+    drill_lr: float = Field(3e-3, gt=0)
+    drill_real_share: float = Field(0.25, ge=0, le=1)
+    context_drills: int = Field(2400, ge=0)
+    context_drill_tokens: int = Field(320, ge=32)
+    warmup_steps: int = Field(30, ge=0)
+    sft_examples: int = Field(1200, ge=1)
+    sft_epochs: int = Field(3, ge=0)
     sft_batch_size: int = Field(16, ge=1)
-    sft_lr: float = Field(2e-3, gt=0)
-    grpo_steps: int = Field(30, ge=0)
+    sft_lr: float = Field(3e-3, gt=0)
+    grpo_steps: int = Field(60, ge=0)
     questions_per_step: int = Field(8, ge=1)
     group_size: int = Field(4, ge=2)
-    grpo_lr: float = Field(2e-4, gt=0)
+    grpo_lr: float = Field(3e-4, gt=0)
     kl_coef: float = Field(1e-3, ge=0)
     clip_ratio: float = Field(0.2, gt=0, lt=1)
+    grpo_drills_per_step: int = Field(8, ge=0)
+    grpo_drill_coef: float = Field(1.0, ge=0)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens_per_turn: int = Field(48, ge=4)
@@ -219,6 +227,12 @@ class EvaluateRouterParams(_Section):
     knn_k: int = Field(10, ge=1)
     knn_train_questions: int = Field(600, ge=1)
     knn_cost_weight: float = Field(0.5, ge=0)
+    # transformers (the router directory in this process) or completions (an OpenAI-compatible
+    # /v1/completions server such as vLLM serving it), per profile.
+    policy: dict[str, Literal["transformers", "completions"]] = {"local": "transformers", "gpu": "completions"}
+    policy_base_url_env: str = Field("ROUTEROPS_ROUTER_BASE_URL", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    policy_api_key_env: str = Field("ROUTEROPS_ROUTER_API_KEY", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    policy_model: str | None = None
     out_dir: str = "artifacts/evaluation"
     metrics: str = "metrics/evaluation.json"
 

@@ -22,6 +22,7 @@ __all__ = [
     "ScriptedRouter",
     "TransformersGenerator",
     "answer_turn",
+    "search_turn",
     "extract_reply_answer",
     "load_transformers_policy",
 ]
@@ -35,6 +36,14 @@ def answer_turn(answer: str) -> str:
     it does inside a reply ("... is X."), so a small policy answers by copying tokens; answer
     extraction and SQuAD normalisation ignore the space."""
     return f"<think>{ANSWER_THINK}</think>\n<answer> {answer}</answer>"
+
+
+def search_turn(model: str, query: str, first: bool = True) -> str:
+    """A routing turn as the scripted router (and so the local warm-start traces) writes it."""
+    why = "I should ask a model." if first else "That did not answer it; I will ask another model."
+    return f"<think>{why}</think>\n<search>{model}: {query}</search>"
+
+
 _QUESTION_RE = re.compile(r"Question: ([^\n]+)")
 _INFO_RE = re.compile(r"<information>(.*?)</information>", re.DOTALL)
 _LEADS = re.compile(
@@ -86,9 +95,7 @@ class ScriptedRouter:
                 return answer_turn(ans)
         order = list(self.route_to(question) if callable(self.route_to) else self.route_to)
         if len(replies) < len(order):
-            model = order[len(replies)]
-            why = "I should ask a model." if not replies else "That did not answer it; I will ask another model."
-            return f"<think>{why}</think>\n<search>{model}: {self.query or question}</search>"
+            return search_turn(order[len(replies)], self.query or question, first=not replies)
         return f"<think>No model could answer.</think>\n<answer> {self.fallback_answer}</answer>"
 
     async def generate(self, prompt_ids: list[int], *, max_new_tokens: int, stop: Sequence[str]) -> Generation:

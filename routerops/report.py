@@ -27,13 +27,17 @@ def pareto_plot(metrics: Sequence[SystemMetrics], path: Path, title: str = "EM v
 
     avg = [m for m in metrics if m.data_source == "average"]
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    # Baselines that pick the same model sit on one point (cheapest = Mistral-7B): one joined label.
+    labels: dict[tuple[float, float], list[str]] = {}
     for m in avg:
         x = max(m.usd_per_question * 1e6, 1e-3)  # micro-USD; log axis needs > 0
         style = {"router": ("*", 220, "tab:red"), "oracle": ("D", 70, "tab:green"), "knn": ("s", 70, "tab:purple")}
         marker, size, color = style.get(m.system, ("o", 50, "tab:blue"))
         ax.scatter([x], [m.em], marker=marker, s=size, color=color, zorder=3)
-        ax.annotate(m.system.replace("single:", ""), (x, m.em), textcoords="offset points", xytext=(6, 4),
-                    fontsize=8)
+        labels.setdefault((round(x, 6), round(m.em, 6)), []).append(m.system.replace("single:", ""))
+    for (x, y), names in labels.items():
+        ax.annotate(" = ".join(sorted(names, key=lambda n: ("-" in n, n))), (x, y), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("mean cost per question (micro-USD, log scale)")
     ax.set_ylabel("exact match (macro average over benchmarks)")

@@ -59,7 +59,7 @@ def build_backend(p: CandidatesParams, *, distractor_questions: Iterable[Questio
         matrix = QualityMatrix.load((data_dir or shared_data_dir()) / "pool")
         questions = list(distractor_questions) or list(matrix.questions.values())
         replay = ReplayPool(matrix, ReplayPool.distractors_from(questions), seed=p.replay_seed,
-                            decline_share=p.replay_decline_share)
+                            decline_share=p.replay_decline_share, calibrate=p.replay_calibrate)
         return Backends(replay, run_budget, replay=replay)
     client = OpenAIChatClient(client_config(p, include_prompt_cost), base_url=base_url, api_key=api_key)
     if p.cache_path is None:

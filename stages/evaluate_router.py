@@ -11,9 +11,10 @@ counted, never fatal. `routerops eval reprice --pool NEW.yaml` re-costs it all w
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,11 @@ from routerops.evaluation import Call, EvalRecord, aggregate, baseline_choice, o
 from routerops.io import atomic_dir, write_json_atomic
 from routerops.paths import default_pool_file, project_root
 from routerops.policy import extract_reply_answer
+from routerops.policy_server import CompletionsPolicy, PolicyServerConfig
 from routerops.pool import Pool, load_pool
 from routerops.protocol import check_format
 from routerops.report import pareto_plot, render_report
-from routerops.rollout import Trajectory, run_episode
+from routerops.rollout import RolloutLimits, Trajectory, run_episode
 from routerops.runtime import Backends, build_backend, encode_prompt
 
 BASELINES = ("random", "cheapest", "most_expensive")
@@ -83,18 +85,64 @@ async def single_calls(questions: Sequence[QuestionInfo], pool: Pool, backend: C
     return out
 
 
+def policy_generator(params: Params, ep: EvaluateRouterParams, router_dir: Path,
+                     environ: Mapping[str, str] | None = None) -> tuple[Any, Any, CompletionsPolicy | None]:
+    """(generator, tokenizer, closable client) for the profile's policy backend."""
+    from transformers import AutoTokenizer
+
+    kind = ep.policy.get(params.profile)
+    if kind is None:
+        raise ValueError(f"evaluate_router.policy has no entry for profile {params.profile!r}")
+    if not (router_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{router_dir}: no trained router (config.json missing); run train_router first")
+    greedy = ep.decoding == "greedy"
+    if kind == "transformers":
+        import torch
+
+        from routerops.training.tiny_policy import BatchedGenerator, load_policy
+
+        torch.manual_seed(ep.seed)
+        model, tok = load_policy(router_dir)
+        return (BatchedGenerator(model, tok, greedy=greedy, temperature=ep.temperature, top_p=ep.top_p,
+                                 max_batch=ep.concurrency), tok, None)
+    env = os.environ if environ is None else environ
+    base_url = env.get(ep.policy_base_url_env, "")
+    if not base_url:
+        raise ValueError(f"evaluate_router.policy is 'completions' for profile {params.profile!r}: set "
+                         f"{ep.policy_base_url_env} to the router server's base URL (ending in /v1)")
+    tok = AutoTokenizer.from_pretrained(router_dir, local_files_only=True)
+    client = CompletionsPolicy(PolicyServerConfig(
+        base_url=base_url, model=ep.policy_model or str(router_dir), api_key=env.get(ep.policy_api_key_env) or None,
+        greedy=greedy, temperature=ep.temperature, top_p=ep.top_p, seed=ep.seed,
+        max_connections=ep.concurrency), tok)
+    return client, tok, client
+
+
+def episode_limits(params: Params) -> RolloutLimits:
+    """The tiny local policy writes short turns (its own cap); a verl-trained router has Router-R1's."""
+    tp = params.require("train_router")
+    if tp.backend == "local":
+        from routerops.training.local_backend import _limits
+
+        return _limits(params, tp.local)
+    r = params.rollout
+    return RolloutLimits(r.max_turns, r.max_tokens_per_turn, r.max_obs_tokens, r.max_prompt_tokens,
+                         r.max_context_tokens)
+
+
 async def router_records(questions: Sequence[QuestionInfo], params: Params, ep: EvaluateRouterParams, pool: Pool,
                          router_dir: Path, backends: Backends, progress: bool) -> list[EvalRecord]:
-    import torch
+    gen, tok, client = policy_generator(params, ep, router_dir)
+    try:
+        return await _router_episodes(questions, params, ep, pool, gen, tok, backends, progress)
+    finally:
+        if client is not None:
+            await client.aclose()
 
-    from routerops.training.local_backend import _limits
-    from routerops.training.tiny_policy import BatchedGenerator, load_policy
 
-    torch.manual_seed(ep.seed)
-    model, tok = load_policy(router_dir)
-    gen = BatchedGenerator(model, tok, greedy=ep.decoding == "greedy", temperature=ep.temperature,
-                           top_p=ep.top_p, max_batch=ep.concurrency)
-    limits = _limits(params, params.require("train_router").local)
+async def _router_episodes(questions: Sequence[QuestionInfo], params: Params, ep: EvaluateRouterParams, pool: Pool,
+                           gen: Any, tok: Any, backends: Backends, progress: bool) -> list[EvalRecord]:
+    limits = episode_limits(params)
     sem = asyncio.Semaphore(ep.concurrency)
     bar = tqdm(total=len(questions), desc="router", disable=not progress, leave=False)
 

@@ -71,7 +71,8 @@ def fingerprint(params: Params, inputs: Inputs) -> str:
     h.update(json.dumps({"backend": tp.backend, "seed": tp.seed, "local": local, "verl": tp.verl.model_dump(),
                          "rewards": params.rewards.model_dump(), "rollout": params.rollout.model_dump(),
                          "prompt": params.prompt.model_dump(), "profile": params.profile,
-                         "replay": [params.candidates.replay_seed, params.candidates.replay_decline_share],
+                         "replay": [params.candidates.replay_seed, params.candidates.replay_decline_share,
+                                    params.candidates.replay_calibrate],
                          "pool": inputs.pool.snapshot_id,
                          "code": code_hash(Path(__file__).resolve().parents[1])}, sort_keys=True).encode())
     with (inputs.dataset_dir / "rl" / "train.parquet").open("rb") as fh:
@@ -96,7 +97,8 @@ def run_local(params: Params, inputs: Inputs, out_dir: Path, ckpt_dir: Path, pro
 
     questions = train_questions(inputs.dataset_dir)
     replay = ReplayPool(QualityMatrix.load(inputs.replay_dir), ReplayPool.distractors_from(questions),
-                        seed=params.candidates.replay_seed, decline_share=params.candidates.replay_decline_share)
+                        seed=params.candidates.replay_seed, decline_share=params.candidates.replay_decline_share,
+                        calibrate=params.candidates.replay_calibrate)
     resumed = prepare_checkpoints(ckpt_dir, fingerprint(params, inputs))
     result = LocalTrainer(params, inputs.pool, questions, replay, ckpt_dir, progress=progress).run(out_dir)
     first, last = result.history[0], result.final

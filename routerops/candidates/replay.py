@@ -7,6 +7,15 @@ from the candidate's per-source prior in pool.yaml, deterministically from a has
 (model, question, seed). Correctness is keyed on the episode's question, not the router's
 sub-question: the sub-question is the router's paraphrase of the same need.
 
+Calibration (on by default). The recorded scores are F1-style and far more lenient than the
+exact match the priors (Router-R1's per-benchmark numbers) measure: on NQ the three recorded
+models score 0.35-0.46 against priors of 0.14-0.24. Mixed raw, they hand the recorded models a
+2x edge over the unrecorded ones on matrix questions only, so a router trained there learns a
+ranking that is wrong everywhere else. Calibrated, each recorded (model, source) keeps its
+records' choice of *which* questions it gets right, but a recorded success stands with
+probability prior / recorded rate (or a recorded failure is lifted with the complementary
+probability when the prior is higher), so every model's rate per source equals its prior.
+
 A correct reply states a gold alias in a sentence; a wrong one states another answer of the
 same source or declines. Completion tokens follow the candidate's mean (Router-R1's implied
 tokens per call) with deterministic +/-25 % jitter, so cost is realistic even though the reply
@@ -141,14 +150,16 @@ class ReplayPool:
     """
 
     def __init__(self, matrix: QualityMatrix | None, distractors: Mapping[str, Sequence[str]] | None = None,
-                 seed: int = 0, decline_share: float = 0.25) -> None:
+                 seed: int = 0, decline_share: float = 0.25, calibrate: bool = True) -> None:
         if not 0.0 <= decline_share <= 1.0:
             raise ValueError(f"decline_share must be in [0, 1], got {decline_share}")
         self.matrix = matrix
         self.distractors = {k: tuple(v) for k, v in (distractors or {}).items() if v}
         self.seed = seed
         self.decline_share = decline_share
+        self.calibrate = calibrate
         self.stats = ReplayStats()
+        self._rates: dict[tuple[str, str], float] = {}
 
     @staticmethod
     def distractors_from(questions: Iterable[QuestionInfo]) -> dict[str, list[str]]:
@@ -163,12 +174,33 @@ class ReplayPool:
         profile = candidate.replay
         if profile is None:
             raise ValueError(f"candidate {candidate.name!r} has no replay profile in the pool file")
+        key = question_key(question.text)
         if profile.matrix_model and self.matrix is not None:
             score = self.matrix.recorded(profile.matrix_model, question.text)
             if score is not None:
-                return score >= CORRECT_THRESHOLD, True
+                ok = score >= CORRECT_THRESHOLD
+                if self.calibrate:
+                    source = self.matrix.sources[key]
+                    rate = self.recorded_rate(profile.matrix_model, source)
+                    prior = profile.prior_for(source)
+                    u = _unit("calibrate", candidate.name, key, self.seed)
+                    if ok and prior < rate:
+                        ok = u < prior / rate
+                    elif not ok and prior > rate:
+                        ok = u < (prior - rate) / (1.0 - rate)
+                return ok, True
         p = profile.prior_for(question.data_source)
-        return _unit("correct", candidate.name, question_key(question.text), self.seed) < p, False
+        return _unit("correct", candidate.name, key, self.seed) < p, False
+
+    def recorded_rate(self, matrix_model: str, source: str) -> float:
+        """Share of the matrix's `source` questions where `matrix_model` scored as correct."""
+        if (matrix_model, source) not in self._rates:
+            assert self.matrix is not None
+            rows = [row[matrix_model] for k, row in self.matrix.scores.items()
+                    if self.matrix.sources[k] == source and matrix_model in row]
+            self._rates[(matrix_model, source)] = (
+                sum(v >= CORRECT_THRESHOLD for v in rows) / len(rows) if rows else 0.0)
+        return self._rates[(matrix_model, source)]
 
     def reply_text(self, candidate: Candidate, question: QuestionInfo, correct: bool) -> str:
         key = question_key(question.text)

@@ -1,4 +1,4 @@
-"""A loopback OpenAI-compatible chat-completions server for tests and benchmarks.
+"""A loopback OpenAI-compatible server (chat and text completions) for tests and benchmarks.
 
 Plain asyncio streams and a deliberately small HTTP/1.1 subset (Content-Length bodies,
 keep-alive, no chunked requests), so that it starts in milliseconds, has no dependencies and can
@@ -98,11 +98,12 @@ class Fault:
 class RequestInfo:
     """What a per-request callable and the reply function see."""
 
-    index: int                 # 0-based, over all chat-completion requests since start/reset
+    index: int                 # 0-based, over all completion requests since start/reset
     model: str
-    messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]]  # empty on /v1/completions (see body["prompt"])
     body: dict[str, Any]
     headers: dict[str, str]    # lower-cased names
+    endpoint: Literal["chat", "text"] = "chat"
 
 
 def word_count(text: str) -> int:
@@ -337,7 +338,8 @@ class FakeOpenAIServer:
         with self._lock:
             self._stats.total_requests += 1
         path = path.split("?", 1)[0].rstrip("/")
-        if path != "/v1/chat/completions":
+        endpoint = {"/v1/chat/completions": "chat", "/v1/completions": "text"}.get(path)
+        if endpoint is None:
             await self._send_json(writer, 404, _error(f"no route {path}", "not_found"), close=not keep_alive)
             return keep_alive
         if method != "POST":
@@ -345,15 +347,21 @@ class FakeOpenAIServer:
             return keep_alive
         try:
             parsed = json.loads(body)
-            if not isinstance(parsed, dict) or not isinstance(parsed.get("messages"), list):
+            if not isinstance(parsed, dict):
+                raise ValueError("body must be an object")
+            if endpoint == "chat" and not isinstance(parsed.get("messages"), list):
                 raise ValueError("body must be an object with a messages list")
+            prompt = parsed.get("prompt")
+            if endpoint == "text" and not (isinstance(prompt, str) or (
+                    isinstance(prompt, list) and all(isinstance(t, int) for t in prompt))):
+                raise ValueError("prompt must be a string or a list of token ids")
         except ValueError as exc:
             await self._send_json(writer, 400, _error(f"bad request body: {exc}", "invalid_request_error"),
                                   close=not keep_alive)
             return keep_alive
 
         model = str(parsed.get("model", ""))
-        messages: list[dict[str, Any]] = parsed["messages"]
+        messages: list[dict[str, Any]] = parsed.get("messages", []) if endpoint == "chat" else []
         with self._lock:
             index = sum(self._stats.per_model.values())
             self._stats.per_model[model] += 1
@@ -363,7 +371,8 @@ class FakeOpenAIServer:
             self._stats.max_in_flight = max(self._stats.max_in_flight, self._stats.in_flight)
             queued = self._faults.popleft() if self._faults and self.on_request is None else None
         try:
-            info = RequestInfo(index=index, model=model, messages=messages, body=parsed, headers=headers)
+            info = RequestInfo(index=index, model=model, messages=messages, body=parsed, headers=headers,
+                               endpoint=endpoint)  # type: ignore[arg-type]
             fault = self.on_request(info) if self.on_request is not None else queued
             return await self._respond(writer, info, fault, keep_alive)
         finally:
@@ -401,6 +410,8 @@ class FakeOpenAIServer:
         return keep_alive
 
     def _completion(self, info: RequestInfo, *, with_usage: bool) -> dict[str, Any]:
+        if info.endpoint == "text":
+            return self._text_completion(info, with_usage=with_usage)
         text = self.reply(info)
         words = text.split()
         finish = "stop"
@@ -416,6 +427,32 @@ class FakeOpenAIServer:
             "model": info.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": finish}],
+        }
+        if with_usage:
+            out["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
+                            "total_tokens": prompt_tokens + len(words)}
+        return out
+
+    def _text_completion(self, info: RequestInfo, *, with_usage: bool) -> dict[str, Any]:
+        """/v1/completions the way vLLM answers it: the reply is cut at the first stop string,
+        which is kept only with `include_stop_str_in_output` and named in `stop_reason`."""
+        text = self.reply(info)
+        finish, stop_reason = "length", None
+        cuts = [(text.find(s), s) for s in info.body.get("stop") or [] if isinstance(s, str) and s in text]
+        if cuts:
+            at, stop_reason = min(cuts)
+            text = text[: at + (len(stop_reason) if info.body.get("include_stop_str_in_output") else 0)]
+            finish = "stop"
+        words = text.split()
+        max_tokens = info.body.get("max_tokens")
+        if isinstance(max_tokens, int) and 0 < max_tokens < len(words):
+            text, words, finish, stop_reason = " ".join(words[:max_tokens]), words[:max_tokens], "length", None
+        prompt = info.body.get("prompt")
+        prompt_tokens = len(prompt) if isinstance(prompt, list) else word_count(str(prompt))
+        out: dict[str, Any] = {
+            "id": f"cmpl-fake-{info.index}", "object": "text_completion", "created": int(time.time()),
+            "model": info.model,
+            "choices": [{"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason}],
         }
         if with_usage:
             out["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),

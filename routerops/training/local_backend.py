@@ -1,9 +1,18 @@
 """The local (CPU) training backend: a tiny router that really learns, in minutes.
 
 1. Tokenizer and model built offline from the dataset (see tiny_policy).
-2. Warm start: supervised fine-tuning on synthetic protocol trajectories, produced by running the
-   real rollout loop with a scripted router (random model order per question) against the replay
-   pool, so the masks and tokenisation are exactly those of RL. Observation tokens are masked.
+2. Warm start, in two supervised phases:
+   a. short copy drills (an information block, then the answer turn) whose answers are mostly
+      synthetic (random words, numbers, dates, made-up names), so the model learns to copy
+      rather than to recall the few hundred training answers;
+   b. long-context drills (a real prompt, then routing turns, loss on the answers only) shuffled
+      together with synthetic protocol trajectories, produced by running the real rollout loop
+      with a scripted router (random model order per question) against the replay pool, so the
+      masks and tokenisation are exactly those of RL. Observation tokens are masked.
+   Why both drills (measured on 137 held-out test answers, greedy, full trajectory context):
+   short drills alone copy perfectly in a 40-token context and 0 % in a 200-token one (the
+   induction pattern does not survive the longer context); long-context drills alone barely
+   move in 6,400 sequences; short then long reach 0.8 in a few minutes.
 3. GRPO over groups of rollouts per question with verl's own advantage, policy-loss and KL
    functions (through the verl adapter, the same math as the GPU path), the shared rollout loop,
    the replay pool and the reward with alpha from params.
@@ -17,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import shutil
+import string
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +44,8 @@ from routerops.candidates.replay import CORRECT_TEMPLATES, WRONG_TEMPLATES, Repl
 from routerops.candidates.types import QuestionInfo
 from routerops.config import LocalTrainParams, Params
 from routerops.io import atomic_dir, write_json_atomic, write_text_atomic
-from routerops.policy import ScriptedRouter, answer_turn
+from routerops.policy import ScriptedRouter, answer_turn, search_turn
+from routerops.protocol import render_observation
 from routerops.pool import Pool
 from routerops.rewards import CostNormalizer, ScoreItem, SlidingWindowNormalizer, normalizer_from_state, score_batch
 from routerops.rollout import RolloutLimits, Trajectory, run_episodes
@@ -45,6 +57,20 @@ __all__ = ["DELEGATE_QUERY", "LocalTrainer", "TrainResult", "step_metrics", "wri
 
 # The sub-question the tiny policy learns to send with `sub_question: delegate`.
 DELEGATE_QUERY = "please answer the user's question"
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+           "November", "December")
+
+
+def _lr_factor(steps: int, warmup: int, decay: bool) -> Callable[[int], float]:
+    """Linear warm-up over `warmup` steps, then constant or cosine down to a tenth."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not decay:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return 0.1 + 0.45 * (1.0 + math.cos(math.pi * progress))
+    return factor
 
 
 @dataclass(frozen=True)
@@ -90,10 +116,14 @@ class LocalTrainer:
         if not self.questions:
             raise ValueError("no training questions")
         self.replay = replay
+        # Drill answer sources: the training answers, and the words of the training questions.
+        self._answers = sorted({a for q in self.questions for a in q.golden_answers})
+        self._words = sorted({w.strip(string.punctuation) for q in self.questions for w in q.text.split()} - {""})
         self.ckpt_dir = checkpoint_dir
         self.progress = progress
         self.on_step = on_step  # test hook: called after each completed (and checkpointed) step
         self.limits = _limits(params, self.lp)
+        self._ptx: list[tuple[list[int], list[int]]] | None = None
 
     # ----- set-up ------------------------------------------------------------------------------
 
@@ -146,48 +176,100 @@ class LocalTrainer:
         return asyncio.run(run_episodes(items, concurrency=64, generator=router, tokenizer=tokenizer,
                                         pool=self.pool, backend=self.replay, limits=limits))
 
-    def copy_drills(self, tokenizer: Any, n: int) -> list[tuple[list[int], list[int]]]:
-        """Short (information block, answer turn) pairs: ~30 tokens instead of ~240.
+    def _drill_answer(self, rng: random.Random) -> str:
+        """A real training answer (`drill_real_share` of the time) or a synthetic one.
 
-        Copying the answer out of an information block needs an induction-style attention
-        pattern; a 2-layer model forms it only after thousands of examples, which full
-        trajectories cannot give in CPU minutes (measured: 4 % exact copies after 2 x 2,400
-        trajectories, 58 % with 20,000 drills first).
+        Synthetic answers are what make the model copy: with only the ~1,000 training answers it
+        memorises them, and drill loss falls to 0.05 while held-out copies stay at 0 %.
+        """
+        if rng.random() < self.lp.drill_real_share:
+            return rng.choice(self._answers)
+        kind = rng.random()
+        if kind < 0.45:
+            return " ".join(rng.choice(self._words) for _ in range(rng.randint(1, 4)))
+        if kind < 0.6:
+            return str(rng.randint(1, 2030))
+        if kind < 0.75:
+            return f"{rng.choice(_MONTHS)} {rng.randint(1, 28)}, {rng.randint(1500, 2030)}"
+        return " ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 9))).capitalize()
+                        for _ in range(rng.randint(1, 3)))
+
+    def copy_drills(self, tokenizer: Any, n: int) -> list[tuple[list[int], list[int]]]:
+        """Short (information block, answer turn) pairs, ~30 tokens each.
+
+        Copying an answer out of a reply needs an induction-style attention pattern; a 2-layer
+        model forms it after ~20,000 such pairs, which full trajectories (~200 tokens) cannot give
+        in CPU minutes.
         """
         rng = random.Random(f"{self.seed}:drills")
-        answers = sorted({a for q in self.questions for a in q.golden_answers})
         templates = CORRECT_TEMPLATES + WRONG_TEMPLATES
         out = []
         for _ in range(n):
-            a = rng.choice(answers)
-            head = f"\n\n<information>{rng.choice(templates).format(a=a)}</information>\n\n"
-            tail = answer_turn(a)
+            a = self._drill_answer(rng)
+            head = render_observation(rng.choice(templates).format(a=a))
             out.append((tokenizer.encode(head, add_special_tokens=False),
-                        tokenizer.encode(tail, add_special_tokens=False)))
+                        tokenizer.encode(answer_turn(a), add_special_tokens=False)))
+        return out
+
+    def context_drills(self, tokenizer: Any, n: int, stream: str = "context") -> list[tuple[list[int], list[int]]]:
+        """Long sequences (ids, loss mask): a real prompt, then routing turns, each a search, a
+        reply and the answer copied from it, up to `context_drill_tokens`; loss on the copied
+        answers only, so the model learns to copy the newest reply among earlier ones. `stream`
+        names an independent random stream (warm start and GRPO draw different drills)."""
+        lp = self.lp
+        rng = random.Random(f"{self.seed}:{stream}")
+        templates = CORRECT_TEMPLATES + WRONG_TEMPLATES
+        names = list(self.pool.names)
+        out = []
+        for _ in range(n):
+            q = rng.choice(self.questions)
+            query = q.text if lp.sub_question == "question" else DELEGATE_QUERY
+            ids = self._encode(tokenizer, q)
+            mask = [0] * len(ids)
+            length = rng.randint(lp.context_drill_tokens // 3, lp.context_drill_tokens)
+            while len(ids) < length or not any(mask):  # at least one turn, even after a long prompt
+                a = self._drill_answer(rng)
+                answer = f" {a}</answer>"
+                turn = answer_turn(a)
+                head = (search_turn(rng.choice(names), query) + render_observation(rng.choice(templates).format(a=a))
+                        + turn[: len(turn) - len(answer)])
+                h = tokenizer.encode(head, add_special_tokens=False)
+                t = tokenizer.encode(answer, add_special_tokens=False)
+                ids += h + t
+                mask += [0] * len(h) + [1] * len(t)
+            out.append((ids, mask))
         return out
 
     def _sft(self, model: Any, tokenizer: Any) -> None:
-        """Copy drills first, then full trajectories; loss on policy tokens only."""
+        """Short copy drills, then long-context drills shuffled with full trajectories; loss on
+        policy tokens only (answers only in the drills)."""
         lp = self.lp
-        trajs = self.synthetic_trajectories(tokenizer, lp.sft_examples)
-        drills = self.copy_drills(tokenizer, lp.copy_drills)
         g = torch.Generator().manual_seed(self.seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=lp.sft_lr, weight_decay=0.0)
-        model.train()
-        phases: list[tuple[str, list[tuple[Sequence[int], Sequence[int], Sequence[int]]], int, int]] = [
-            ("drills", [(h, t, [1] * len(t)) for h, t in drills], 1, lp.drill_batch_size),
-            ("sft", [(t.prompt_ids, t.response_ids, t.loss_mask) for t in trajs], lp.sft_epochs, lp.sft_batch_size),
-        ]
-        total = sum(ep * ((len(data) + bs - 1) // bs) for _, data, ep, bs in phases)
+        drills: list[tuple[Sequence[int], Sequence[int], Sequence[int]]] = [
+            (h, t, [1] * len(t)) for h, t in self.copy_drills(tokenizer, lp.copy_drills)]
+        trajs = self.synthetic_trajectories(tokenizer, lp.sft_examples)
+        mixed: list[tuple[Sequence[int], Sequence[int], Sequence[int]]] = [
+            ([], ids, m) for ids, m in self.context_drills(tokenizer, lp.context_drills)]
+        for _ in range(lp.sft_epochs):
+            mixed += [(t.prompt_ids, t.response_ids, t.loss_mask) for t in trajs]
+        # A high constant rate forms the copying pattern fastest; the mixed phase then decays.
+        phases = [("drills", drills, lp.drill_batch_size, lp.drill_lr, False),
+                  ("context+sft", mixed, lp.sft_batch_size, lp.sft_lr, True)]
+        total = sum((len(data) + bs - 1) // bs for _, data, bs, _, _ in phases)
         bar = tqdm(total=total, desc="warm start", disable=not self.progress, leave=False)
-        for name, data, epochs, bs in phases:
-            for _ in range(epochs):
-                order = torch.randperm(len(data), generator=g).tolist()
-                for b in range(0, len(order), bs):
-                    batch = [data[i] for i in order[b:b + bs]]
-                    loss = _lm_step(model, opt, batch, tokenizer.pad_token_id)
-                    bar.update(1)
-                    bar.set_postfix(phase=name, loss=f"{loss:.3f}")
+        model.train()
+        for name, data, bs, lr, decay in phases:
+            if not data:
+                continue
+            steps = (len(data) + bs - 1) // bs
+            opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(steps, lp.warmup_steps, decay))
+            order = torch.randperm(len(data), generator=g).tolist()
+            for b in range(0, len(order), bs):
+                loss = _lm_step(model, opt, [data[i] for i in order[b:b + bs]], tokenizer.pad_token_id)
+                sched.step()
+                bar.update(1)
+                bar.set_postfix(phase=name, loss=f"{loss:.3f}")
         bar.close()
 
     # ----- checkpoints -------------------------------------------------------------------------
@@ -280,6 +362,14 @@ class LocalTrainer:
         return asyncio.run(run_episodes(items, concurrency=len(items), generator=gen, tokenizer=tokenizer,
                                         pool=self.pool, backend=self.replay, limits=self.limits))
 
+    def _grpo_drills(self, tokenizer: Any) -> list[tuple[list[int], list[int]]]:
+        """The copy drills mixed into GRPO, drawn once; step N uses a fixed slice, so a resumed run
+        sees exactly the drills an uninterrupted one would."""
+        if self._ptx is None:
+            self._ptx = self.context_drills(tokenizer, max(1, self.lp.grpo_drills_per_step * self.lp.grpo_steps),
+                                            stream="grpo")
+        return self._ptx
+
     def _grpo_step(self, step: int, model: Any, ref: Any, tokenizer: Any, opt: Any,
                    normalizer: CostNormalizer) -> tuple[dict[str, Any], CostNormalizer]:
         lp, rp = self.lp, self.params.rewards
@@ -304,6 +394,15 @@ class LocalTrainer:
         pg_loss, pg_metrics = verl_math.policy_loss(old_lp, new_lp, advantages, resp_mask, lp.clip_ratio)
         kl = verl_math.kl_loss(new_lp, ref_lp, resp_mask)
         loss = pg_loss + lp.kl_coef * kl
+        drill_loss = torch.zeros(())
+        if lp.grpo_drills_per_step and lp.grpo_drill_coef:
+            # A pretraining-mix term (InstructGPT's PPO-ptx): without it the sampled, noisy copies of
+            # RL erode the exact copying the warm start built (measured: 0.61 -> 0.50 in 30 steps).
+            k = lp.grpo_drills_per_step
+            drills = self._grpo_drills(tokenizer)
+            batch = [([], *drills[(step * k + i) % len(drills)]) for i in range(k)]
+            drill_loss = _lm_loss(model, batch, tokenizer.pad_token_id)
+            loss = loss + lp.grpo_drill_coef * drill_loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -313,7 +412,7 @@ class LocalTrainer:
         metrics = step_metrics(trajs, scores, self.pool)
         metrics.update({"kl": float(kl.detach()), "pg_loss": float(pg_loss.detach()),
                         "entropy": float((entropy * mask_f).sum() / mask_f.sum().clamp(min=1)),
-                        "ppo_kl": pg_metrics.get("actor/ppo_kl", 0.0)})
+                        "ppo_kl": pg_metrics.get("actor/ppo_kl", 0.0), "drill_loss": float(drill_loss.detach())})
         return metrics, normalizer
 
 
@@ -337,15 +436,21 @@ def _pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], 
     return ids, attn, loss
 
 
-def _lm_step(model: Any, opt: Any, batch: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
-             pad: int) -> float:
-    """One next-token cross-entropy step over the masked response tokens."""
+def _lm_loss(model: Any, batch: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
+             pad: int) -> torch.Tensor:
+    """Mean next-token cross-entropy over the masked response tokens."""
     ids, attn, labels_mask = _pack([b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch], pad)
     logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
     mask = labels_mask[:, 1:].float()
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1),
                                             reduction="none").view_as(mask)
-    loss = (nll * mask).sum() / mask.sum().clamp(min=1)
+    return (nll * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _lm_step(model: Any, opt: Any, batch: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
+             pad: int) -> float:
+    """One optimiser step on `_lm_loss`."""
+    loss = _lm_loss(model, batch, pad)
     opt.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -27,7 +27,7 @@ def test_matrix_holds_the_nq_and_triviaqa_questions(matrix) -> None:
 
 
 def test_recorded_scores_decide_correctness(matrix, pool) -> None:
-    rp = ReplayPool(matrix, ReplayPool.distractors_from(matrix.questions.values()))
+    rp = ReplayPool(matrix, ReplayPool.distractors_from(matrix.questions.values()), calibrate=False)
     mistral, qwen = pool.get("Mistral-7B-Instruct"), pool.get("Qwen2.5-7B-Instruct")
     nq = [q for q in matrix.questions.values() if q.data_source == "nq"][:60]
     for q in nq:
@@ -38,6 +38,35 @@ def test_recorded_scores_decide_correctness(matrix, pool) -> None:
             states_gold = any(g in reply.text for g in q.golden_answers)
             assert states_gold == (recorded >= 0.5), (q.text, reply.text, recorded)
     assert rp.stats.prior == 0 and rp.stats.replayed_share == 1.0
+
+
+def test_calibration_matches_priors_and_keeps_the_records_choice(matrix, pool) -> None:
+    """Recorded NQ rates (F1-style) are ~2x the exact-match priors; calibrated, each recorded
+    model's rate equals its prior, and a question it gets right was right in the records."""
+    raw, cal = ReplayPool(matrix, calibrate=False), ReplayPool(matrix)
+    nq = [q for q in matrix.questions.values() if q.data_source == "nq"]
+    for name in ("Qwen2.5-7B-Instruct", "LLaMA-3.1-8B-Instruct", "Mistral-7B-Instruct"):
+        cand = pool.get(name)
+        before = [raw.correct(cand, q)[0] for q in nq]
+        after = [cal.correct(cand, q)[0] for q in nq]
+        prior = cand.replay.prior_for("nq")
+        assert sum(before) / len(nq) > 1.5 * prior  # the leniency being corrected
+        assert sum(after) / len(nq) == pytest.approx(prior, abs=0.04)
+        assert all(b for a, b in zip(after, before, strict=True) if a)  # only ever drops successes
+        assert cal.recorded_rate(cand.replay.matrix_model, "nq") == pytest.approx(sum(before) / len(nq))
+    assert all(cal.correct(pool.get("Mistral-7B-Instruct"), q)[1] for q in nq)  # still read from records
+
+
+def test_calibration_lifts_recorded_failures_when_the_prior_is_higher(matrix, pool) -> None:
+    cand = pool.get("Mistral-7B-Instruct")
+    high = cand.model_copy(update={"replay": cand.replay.model_copy(
+        update={"prior_accuracy": {**cand.replay.prior_accuracy, "nq": 0.9}})})
+    nq = [q for q in matrix.questions.values() if q.data_source == "nq"]
+    raw, cal = ReplayPool(matrix, calibrate=False), ReplayPool(matrix)
+    before = [raw.correct(high, q)[0] for q in nq]
+    after = [cal.correct(high, q)[0] for q in nq]
+    assert sum(after) / len(nq) == pytest.approx(0.9, abs=0.04)
+    assert all(a for a, b in zip(after, before, strict=True) if b)  # only ever adds successes
 
 
 def test_models_outside_the_matrix_use_priors(matrix, pool) -> None:

@@ -40,9 +40,11 @@ def _raw_params() -> dict[str, Any]:
     return yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 
 
-def write_params(path: Path, **verl: Any) -> Path:
-    """The repo's params with train_router.verl updated; returns the file written."""
+def write_params(path: Path, *, alpha: float = 0.0, **verl: Any) -> Path:
+    """The repo's params with train_router.verl updated and Router-R1's main cost weight (alpha 0:
+    a valid correct answer scores exactly 1, whatever it cost); returns the file written."""
     raw = _raw_params()
+    raw["rewards"]["alpha"] = alpha
     raw["train_router"]["verl"].update(verl)
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
@@ -174,11 +176,12 @@ def test_reward_needs_the_agent_loops_fields() -> None:
 def test_cost_log_and_per_step_summary(tmp_path: Path) -> None:
     log = tmp_path / "costs.jsonl"
     vb.reset_reward_state()
+    kw = {"params_path": str(write_params(tmp_path / "p.yaml")), "cost_log_path": str(log)}
     for step, tokens, text in [(1, 100, VALID), (1, 300, "<answer>Paris</answer>"), (2, 200, VALID)]:
         extra = {"split": "train", "global_step": step, "route_calls": json.dumps([_call(Q, tokens), _call("x", 0, False)])}
-        vb.compute_score("nq", text, ["Paris"], extra, cost_log_path=str(log))
+        vb.compute_score("nq", text, ["Paris"], extra, **kw)
     vb.compute_score("nq", VALID, ["Paris"], {"split": "validation", "global_step": 2,
-                                             "route_calls": json.dumps([])}, cost_log_path=str(log))
+                                             "route_calls": json.dumps([])}, **kw)
     with log.open("a") as fh:
         fh.write('{"split": "train", "step": 2, "score": \n')  # a half-written line of a live run
     summary = vb.summarize_training_costs(log)

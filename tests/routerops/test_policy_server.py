@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from routerops.candidates.types import QuestionInfo
+from routerops.config import load_params
+from routerops.policy import ScriptedRouter
+from routerops.policy_server import CompletionsPolicy, PolicyServerConfig, PolicyServerError
+from routerops.rollout import RolloutLimits, run_episode
+from routerops.testing.fakeserver import FakeOpenAIServer, Fault, RequestInfo, closed_port_url
+from routerops.tokens import ByteTokenizer
+
+TOK = ByteTokenizer()
+ROUTE = ["Qwen2.5-7B-Instruct", "Mixtral-8x22B-Instruct"]
+LIMITS = RolloutLimits(max_turns=4, max_tokens_per_turn=256, max_obs_tokens=64, max_prompt_tokens=512,
+                       max_context_tokens=2048)
+QUESTION = QuestionInfo("q1", "capital of France?", "nq", ("Paris",))
+PROMPT = TOK.encode("Question: capital of France?\n")
+
+
+class Replies:
+    """A candidate backend: the first model declines, the second answers."""
+
+    async def call(self, candidate, query, context=None):
+        from routerops.candidates.types import CandidateReply
+
+        text = "I do not have enough information to answer that." if candidate.name == ROUTE[0] else "It is Paris."
+        return CandidateReply(candidate.name, text, 5, 40, 0.0, 1, False)
+
+
+def serve_scripted_router(req: RequestInfo) -> str:
+    """The router behind the server: the scripted policy, reading the prompt's token ids."""
+    context = TOK.decode(req.body["prompt"])
+    return ScriptedRouter(TOK, ROUTE).next_turn(context) + " trailing text past the stop"
+
+
+def policy(url: str, **kw) -> CompletionsPolicy:
+    return CompletionsPolicy(PolicyServerConfig(base_url=url, model="router", backoff_base_s=0.01, **kw), TOK)
+
+
+def episode(gen, pool):
+    return asyncio.run(run_episode(QUESTION, PROMPT, generator=gen, tokenizer=TOK, pool=pool, backend=Replies(),
+                                   limits=LIMITS))
+
+
+def test_served_router_plays_the_same_episode_as_in_process(pool) -> None:
+    local = episode(ScriptedRouter(TOK, ROUTE), pool)
+
+    async def remote():
+        with FakeOpenAIServer(reply=serve_scripted_router) as srv:
+            gen = policy(srv.base_url)
+            try:
+                t = await run_episode(QUESTION, PROMPT, generator=gen, tokenizer=TOK, pool=pool, backend=Replies(),
+                                      limits=LIMITS)
+            finally:
+                await gen.aclose()
+            return t, srv.requests
+
+    served, requests = asyncio.run(remote())
+    assert served.response_text == local.response_text and served.answer == "Paris"
+    assert served.loss_mask == local.loss_mask and [c.model for c in served.calls] == ROUTE
+    # three policy turns: ask Qwen, ask Mixtral, answer; prompts went as token ids
+    assert len(requests) == 3
+
+
+def test_request_body(pool) -> None:
+    seen: list[dict] = []
+
+    def reply(req: RequestInfo) -> str:
+        seen.append(req.body)
+        return "<answer> x</answer>"
+
+    async def go(greedy: bool):
+        with FakeOpenAIServer(reply=reply) as srv:
+            gen = policy(srv.base_url, greedy=greedy, temperature=0.7, top_p=0.9, seed=5)
+            try:
+                return await gen.generate([1, 2, 3], max_new_tokens=40, stop=["</answer>"])
+            finally:
+                await gen.aclose()
+
+    out = asyncio.run(go(greedy=True))
+    asyncio.run(go(greedy=False))
+    assert TOK.decode(out.token_ids) == "<answer> x</answer>" and out.finish_reason == "stop"
+    assert seen[0] == {"model": "router", "prompt": [1, 2, 3], "max_tokens": 40, "stop": ["</answer>"],
+                       "include_stop_str_in_output": True, "seed": 6, "temperature": 0.0, "top_p": 1.0}
+    assert (seen[1]["temperature"], seen[1]["top_p"]) == (0.7, 0.9)
+
+
+def test_server_without_include_stop_str_gets_the_stop_string_back() -> None:
+    payload = {"choices": [{"index": 0, "text": "<answer> Paris", "finish_reason": "stop", "stop_reason": "</answer>"}]}
+
+    async def go():
+        with FakeOpenAIServer(faults=[Fault.not_completion(payload)]) as srv:
+            gen = policy(srv.base_url)
+            try:
+                return await gen.generate([1], max_new_tokens=32, stop=["</search>", "</answer>"])
+            finally:
+                await gen.aclose()
+
+    out = asyncio.run(go())
+    assert TOK.decode(out.token_ids) == "<answer> Paris</answer>" and out.finish_reason == "stop"
+
+
+def test_retries_transient_faults_then_succeeds() -> None:
+    async def go():
+        with FakeOpenAIServer(faults=[Fault.http_status(503), Fault.drop(), None],
+                              reply=lambda r: "<answer> ok</answer>") as srv:
+            gen = policy(srv.base_url)
+            try:
+                out = await gen.generate([1], max_new_tokens=32, stop=["</answer>"])
+            finally:
+                await gen.aclose()
+            return out, gen.attempts
+
+    out, attempts = asyncio.run(go())
+    assert TOK.decode(out.token_ids) == "<answer> ok</answer>" and attempts == 3
+
+
+@pytest.mark.parametrize(("faults", "message"), [
+    ([Fault.http_status(400)], r"/completions: HTTP 400: .*scripted 400"),
+    ([Fault.malformed_json()], r"/completions: malformed reply"),
+    ([Fault.not_completion({"choices": []})], r"/completions: malformed reply"),
+    ([Fault.not_completion({"choices": [{"finish_reason": "stop"}]})], r"/completions: reply has no choices\[0\].text"),
+    ([Fault.http_status(503)] * 3, r"/completions: gave up after 3 attempts \(HTTP 503\)"),
+])
+def test_policy_server_faults(faults, message) -> None:
+    async def go():
+        with FakeOpenAIServer(faults=faults) as srv:
+            gen = policy(srv.base_url, max_attempts=3)
+            try:
+                await gen.generate([1], max_new_tokens=8, stop=["</answer>"])
+            finally:
+                await gen.aclose()
+
+    with pytest.raises(PolicyServerError, match=message):
+        asyncio.run(go())
+
+
+def test_dead_policy_server() -> None:
+    url = closed_port_url()
+
+    async def go():
+        gen = policy(url, max_attempts=2)
+        try:
+            await gen.generate([1], max_new_tokens=8, stop=["</answer>"])
+        finally:
+            await gen.aclose()
+
+    with pytest.raises(PolicyServerError, match=rf"{url}/completions: gave up after 2 attempts \(ConnectError"):
+        asyncio.run(go())
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"base_url": "127.0.0.1:8000/v1"}, r"policy base_url must be an http\(s\) URL, got '127.0.0.1:8000/v1'"),
+    ({"max_attempts": 0}, "max_attempts must be >= 1"),
+    ({"temperature": 0.0}, r"temperature must be > 0 and top_p in \(0, 1\]"),
+    ({"top_p": 1.5}, r"temperature must be > 0 and top_p in \(0, 1\]"),
+])
+def test_bad_config(kw, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        PolicyServerConfig(**{"base_url": "http://127.0.0.1:1/v1", "model": "m", **kw})
+
+
+def test_evaluation_picks_the_profiles_policy(repo_root: Path, tmp_path: Path) -> None:
+    from stages.evaluate_router import policy_generator
+
+    params = load_params(repo_root / "params.yaml")
+    gpu = params.model_copy(update={"profile": "gpu"})
+    ep = params.require("evaluate_router")
+    with pytest.raises(FileNotFoundError, match="no trained router"):
+        policy_generator(gpu, ep, tmp_path, environ={})
+    router = tmp_path / "router"
+    router.mkdir()
+    (router / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="set ROUTEROPS_ROUTER_BASE_URL to the router server's base URL"):
+        policy_generator(gpu, ep, router, environ={})
+    no_entry = ep.model_copy(update={"policy": {"local": "transformers"}})
+    with pytest.raises(ValueError, match="evaluate_router.policy has no entry for profile 'gpu'"):
+        policy_generator(gpu, no_entry, router, environ={})
