@@ -80,7 +80,8 @@ class CompletionsPolicy:
 
     async def generate(self, prompt_ids: list[int], *, max_new_tokens: int, stop: Sequence[str]) -> Generation:
         c = self.config
-        # One seed per request, drawn in call order: a sampled evaluation is reproducible.
+        # One seed per request, in call order: a sampled evaluation repeats exactly when requests
+        # arrive in the same order (always with the replay pool; not with live candidates' jitter).
         self._calls += 1
         body: dict[str, Any] = {
             "model": c.model, "prompt": list(prompt_ids), "max_tokens": max_new_tokens, "stop": list(stop),
