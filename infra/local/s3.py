@@ -489,7 +489,8 @@ class LocalS3:
         argv = _cmdline(pid)
         if argv is not None and not self._is_our_server(argv):
             return ServerState.STALE, pid, (
-                f"pid file names pid {pid}, which now belongs to another program ({' '.join(argv)[:120]})"
+                f"pid file names pid {pid}, which now belongs to another program "
+                f"({' '.join(argv)[:120] or 'command line not readable'})"
             )
         return ServerState.RUNNING, pid, f"pid {pid} is running"
 

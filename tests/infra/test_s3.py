@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import botocore
@@ -82,6 +83,11 @@ def test_stale_pid_file_of_a_dead_process_is_reported_then_cleaned(tmp_path: Pat
 def test_pid_reused_by_another_program_is_stale_and_never_signalled(tmp_path: Path) -> None:
     other = subprocess.Popen(["sleep", "60"])
     try:
+        # Popen returns before the child has exec'd; until then /proc shows no `sleep`.
+        cmdline = Path(f"/proc/{other.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while b"sleep" not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         store = LocalS3(data_dir=tmp_path / "s3", ports=Ports.free())
         store.data_dir.mkdir(parents=True)
         store.pid_file.write_text(f"{other.pid}\n")
