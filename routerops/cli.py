@@ -332,7 +332,8 @@ def train(
         lp = tp.local
         typer.echo(f"local backend: tiny Qwen2 ({lp.num_layers} layers, hidden {lp.hidden_size}, "
                    f"vocab {lp.vocab_size}); warm start {lp.copy_drills} copy drills, then {lp.context_drills} "
-                   f"long-context drills + {lp.sft_examples} trajectories x {lp.sft_epochs} epochs; GRPO {lp.grpo_steps} steps x {lp.questions_per_step} "
+                   f"long-context drills + {lp.sft_examples} trajectories x {lp.sft_epochs} epochs; "
+                   f"GRPO {lp.grpo_steps} steps x {lp.questions_per_step} "
                    f"questions x {lp.group_size} rollouts; alpha {params.rewards.alpha}; checkpoints every "
                    f"{lp.checkpoint_every} steps in {tp.checkpoint_dir}")
         return

@@ -227,6 +227,8 @@ class EvaluateRouterParams(_Section):
     knn_k: int = Field(10, ge=1)
     knn_train_questions: int = Field(600, ge=1)
     knn_cost_weight: float = Field(0.5, ge=0)
+    bootstrap_samples: int = Field(2000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
     # transformers (the router directory in this process) or completions (an OpenAI-compatible
     # /v1/completions server such as vLLM serving it), per profile.
     policy: dict[str, Literal["transformers", "completions"]] = {"local": "transformers", "gpu": "completions"}

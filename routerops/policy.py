@@ -22,9 +22,9 @@ __all__ = [
     "ScriptedRouter",
     "TransformersGenerator",
     "answer_turn",
-    "search_turn",
     "extract_reply_answer",
     "load_transformers_policy",
+    "search_turn",
 ]
 
 # What the scripted router thinks before answering; the local SFT traces use the same words.

@@ -6,10 +6,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from routerops.evaluation import PAPER, PAPER_NQ_COST_MICRO_USD, SystemMetrics
+from routerops.evaluation import PAPER, PAPER_NQ_COST_MICRO_USD, PairedDifference, SystemMetrics
 from routerops.pool import Pool
 
-__all__ = ["dominates", "pareto_plot", "render_report"]
+__all__ = ["dominates", "pareto_figure", "pareto_plot", "render_report"]
 
 BENCHMARKS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")
 
@@ -20,6 +20,18 @@ def dominates(a: SystemMetrics, b: SystemMetrics) -> bool:
 
 
 def pareto_plot(metrics: Sequence[SystemMetrics], path: Path, title: str = "EM vs cost") -> Path:
+    """EM against mean cost per question (log scale) for every system's macro average, as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(metrics, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def pareto_figure(metrics: Sequence[SystemMetrics], title: str = "EM vs cost") -> Any:
+    """The Pareto plot's matplotlib figure, labels placed clear of each other and of the markers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,26 +40,74 @@ def pareto_plot(metrics: Sequence[SystemMetrics], path: Path, title: str = "EM v
     avg = [m for m in metrics if m.data_source == "average"]
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
     # Baselines that pick the same model sit on one point (cheapest = Mistral-7B): one joined label.
-    labels: dict[tuple[float, float], list[str]] = {}
+    labels: dict[tuple[float, float], tuple[list[str], float]] = {}
     for m in avg:
         x = max(m.usd_per_question * 1e6, 1e-3)  # micro-USD; log axis needs > 0
         style = {"router": ("*", 220, "tab:red"), "oracle": ("D", 70, "tab:green"), "knn": ("s", 70, "tab:purple")}
         marker, size, color = style.get(m.system, ("o", 50, "tab:blue"))
         ax.scatter([x], [m.em], marker=marker, s=size, color=color, zorder=3)
-        labels.setdefault((round(x, 6), round(m.em, 6)), []).append(m.system.replace("single:", ""))
-    for (x, y), names in labels.items():
-        ax.annotate(" = ".join(sorted(names, key=lambda n: ("-" in n, n))), (x, y), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
+        names, radius = labels.get((x, m.em), ([], 0.0))
+        # Marker size s is an area in points squared; its radius in points is sqrt(s) / 2.
+        labels[(x, m.em)] = ([*names, m.system.replace("single:", "")], max(radius, size ** 0.5 / 2))
     ax.set_xscale("log")
+    ax.margins(x=0.06, y=0.1)  # room for labels at the edges
     ax.set_xlabel("mean cost per question (micro-USD, log scale)")
     ax.set_ylabel("exact match (macro average over benchmarks)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    _place_labels(fig, ax, [(" = ".join(sorted(names, key=lambda n: ("-" in n, n))), x, y, r)
+                            for (x, y), (names, r) in labels.items()])
+    return fig
+
+
+# Label slots around a marker of radius r points, tried in order: right, above-right, below-right,
+# left, above-left, below-left, above, below, then further out. Eleven systems crowd into ~200 px near 20-45 micro-USD.
+_LABEL_SLOTS = ((1, 0, "left", "center"), (0.7, 1, "left", "bottom"), (0.7, -1, "left", "top"),
+                (-1, 0, "right", "center"), (-0.7, 1, "right", "bottom"), (-0.7, -1, "right", "top"),
+                (0, 1, "center", "bottom"), (0, -1, "center", "top"),
+                (0.7, 2.5, "left", "bottom"), (0.7, -2.5, "left", "top"))
+
+
+def _place_labels(fig: Any, ax: Any, items: Sequence[tuple[str, float, float, float]]) -> None:
+    """Greedy placement: each label takes the first slot that stays inside the axes and clear of the
+    markers and of the labels already placed; failing that, the first slot."""
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    px_per_pt = fig.dpi / 72
+    placed: list[Any] = []
+    for _, x, y, r in items:
+        cx, cy = ax.transData.transform((x, y))
+        placed.append(Bbox.from_extents(cx - r * px_per_pt, cy - r * px_per_pt, cx + r * px_per_pt, cy + r * px_per_pt))
+    # The router's label first, then left to right: crowding is worst among the cheap points.
+    for text, x, y, r in sorted(items, key=lambda it: (it[0] != "router", it[1], it[2])):
+        gap = r + 2
+        for i, (fx, fy, ha, va) in enumerate(_LABEL_SLOTS):
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(fx * gap, fy * gap), fontsize=8,
+                              ha=ha, va=va)
+            box = ann.get_window_extent(renderer)
+            inside = box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in placed):
+                break
+            if i < len(_LABEL_SLOTS) - 1:
+                ann.remove()
+            else:  # nowhere clear: keep the label readable on the right of its marker
+                ann.remove()
+                fx, fy, ha, va = _LABEL_SLOTS[0]
+                ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(fx * gap, fy * gap),
+                                  fontsize=8, ha=ha, va=va)
+                box = ann.get_window_extent(renderer)
+        placed.append(box)
+
+
+def _significance(d: PairedDifference) -> str:
+    def verdict(lo: float, hi: float, what: str) -> str:
+        return f"the {what} difference is {'not ' if lo <= 0 <= hi else ''}significant"
+    return (f"At {d.confidence:.0%} (paired bootstrap) {verdict(*d.em_ci, 'EM')} "
+            f"({d.em_ci[0]:+.3f} .. {d.em_ci[1]:+.3f}) and {verdict(*d.usd_ci, 'cost')} "
+            f"({d.usd_ci[0] * 1e6:+.1f} .. {d.usd_ci[1] * 1e6:+.1f} micro-USD).")
 
 
 def _row(cells: Sequence[Any]) -> str:
@@ -55,7 +115,8 @@ def _row(cells: Sequence[Any]) -> str:
 
 
 def render_report(metrics: Sequence[SystemMetrics], pool: Pool, decoding: Mapping[str, Any],
-                  replay: Mapping[str, Any], plot: str | None = None) -> str:
+                  replay: Mapping[str, Any], plot: str | None = None,
+                  differences: Sequence[PairedDifference] = ()) -> str:
     avg = {m.system: m for m in metrics if m.data_source == "average"}
     per = {(m.system, m.data_source): m for m in metrics if m.data_source != "average"}
     benches = [b for b in BENCHMARKS if any(k[1] == b for k in per)]
@@ -91,14 +152,31 @@ def render_report(metrics: Sequence[SystemMetrics], pool: Pool, decoding: Mappin
         lines += ["## Router call share", "", _row(["model", "share"]), _row(["---", "---"])]
         lines += [_row([k, f"{v:.3f}"]) for k, v in r.call_share.items()]
         lines.append("")
+        diffs = {d.baseline: d for d in differences}
         if "random" in avg:
             verdict = "dominates" if dominates(r, avg["random"]) else "does NOT dominate"
-            lines.append(f"The router {verdict} the random baseline (EM {r.em:.3f} vs {avg['random'].em:.3f}, "
-                         f"{r.usd_per_question * 1e6:.1f} vs {avg['random'].usd_per_question * 1e6:.1f} micro-USD).")
+            line = (f"The router {verdict} the random baseline (EM {r.em:.3f} vs {avg['random'].em:.3f}, "
+                    f"{r.usd_per_question * 1e6:.1f} vs {avg['random'].usd_per_question * 1e6:.1f} micro-USD).")
+            if "random" in diffs:
+                line += " " + _significance(diffs["random"])
+            lines.append(line)
         if "oracle" in avg:
             o = avg["oracle"]
             lines.append(f"Distance from the oracle (an upper bound): EM {o.em - r.em:+.3f}, "
                          f"cost {(o.usd_per_question - r.usd_per_question) * 1e6:+.1f} micro-USD per question.")
+        lines.append("")
+    if differences:
+        level = f"{differences[0].confidence:.0%}"
+        lines += [f"## Router minus each baseline (paired bootstrap, {level} intervals)", "",
+                  f"Same questions for both; {differences[0].samples} resamples drawn within each benchmark. "
+                  "An interval that contains 0 means the data cannot tell the two apart.", "",
+                  _row(["baseline", "questions", "EM difference", f"{level} interval", "micro-USD difference",
+                        f"{level} interval"]),
+                  _row(["---"] * 6)]
+        for d in differences:
+            lines.append(_row([d.baseline, d.questions, f"{d.em:+.3f}", f"{d.em_ci[0]:+.3f} .. {d.em_ci[1]:+.3f}",
+                               f"{d.usd_per_question * 1e6:+.1f}",
+                               f"{d.usd_ci[0] * 1e6:+.1f} .. {d.usd_ci[1] * 1e6:+.1f}"]))
         lines.append("")
     if plot:
         lines += [f"![EM against cost]({plot})", ""]

@@ -26,7 +26,15 @@ from tqdm import tqdm
 from routerops.candidates.budget import RequestBudget
 from routerops.candidates.types import CallContext, CandidateBackend, CandidateReply, QuestionInfo
 from routerops.config import EvaluateRouterParams, Params, load_params
-from routerops.evaluation import Call, EvalRecord, aggregate, baseline_choice, oracle_choice
+from routerops.evaluation import (
+    Call,
+    EvalRecord,
+    SystemMetrics,
+    aggregate,
+    baseline_choice,
+    oracle_choice,
+    paired_difference,
+)
 from routerops.io import atomic_dir, write_json_atomic
 from routerops.paths import default_pool_file, project_root
 from routerops.policy import extract_reply_answer
@@ -204,8 +212,21 @@ def run(params: Params, inputs: Inputs, progress: bool = False) -> dict[str, Any
 
     metrics = aggregate(records, pool, params.rewards.include_prompt_cost)
     stats = backends.replay.stats.summary() if backends.replay else {}
-    return {"records": records, "metrics": metrics, "replay": stats,
+    differences = [paired_difference(records, pool, "router", b, samples=ep.bootstrap_samples,
+                                     confidence=ep.confidence, seed=ep.seed,
+                                     include_prompt=params.rewards.include_prompt_cost)
+                   for b in comparison_baselines(metrics)]
+    return {"records": records, "metrics": metrics, "replay": stats, "differences": differences,
             "decoding": {"mode": ep.decoding, "seed": ep.seed, "temperature": ep.temperature, "top_p": ep.top_p}}
+
+
+def comparison_baselines(metrics: Sequence[SystemMetrics]) -> list[str]:
+    """The baselines the router is tested against: the fixed ones, kNN, and the most accurate
+    single candidate (the one to beat before a router is worth deploying)."""
+    avg = {m.system: m for m in metrics if m.data_source == "average"}
+    singles = sorted((m for s, m in avg.items() if s.startswith("single:")), key=lambda m: (-m.em, m.usd_per_question))
+    wanted = ["random", "cheapest", "most_expensive", "knn", *(m.system for m in singles[:1])]
+    return [s for s in wanted if s in avg] if "router" in avg else []
 
 
 def write(result: dict[str, Any], pool: Pool, out_dir: Path, metrics_path: Path) -> Path:
@@ -215,13 +236,16 @@ def write(result: dict[str, Any], pool: Pool, out_dir: Path, metrics_path: Path)
         pq.write_table(pa.Table.from_pylist([r.as_row() for r in records]), tmp / "trajectories.parquet")
         pareto_plot(metrics, tmp / "pareto.png", title=f"EM vs cost (pool {pool.pricing.label})")
         (tmp / "report.md").write_text(render_report(metrics, pool, result["decoding"], result["replay"],
-                                                     plot="pareto.png"))
+                                                     plot="pareto.png", differences=result.get("differences", ())))
     avg = {m.system: m for m in metrics if m.data_source == "average"}
     write_json_atomic(metrics_path, {
         "decoding": result["decoding"], "replay": result["replay"], "pool_snapshot": pool.snapshot_id,
         "average": {s: {"em": m.em, "f1": m.f1, "format_valid": m.format_valid,
                         "usd_per_question": m.usd_per_question, "calls_per_question": m.calls_per_question,
                         "candidate_failures": m.candidate_failures} for s, m in avg.items()},
+        "router_minus": {d.baseline: {"em": d.em, "em_ci": list(d.em_ci), "usd_per_question": d.usd_per_question,
+                                      "usd_ci": list(d.usd_ci), "confidence": d.confidence}
+                         for d in result.get("differences", ())},
     })
     return out_dir / "report.md"
 

@@ -45,8 +45,8 @@ from routerops.candidates.types import QuestionInfo
 from routerops.config import LocalTrainParams, Params
 from routerops.io import atomic_dir, write_json_atomic, write_text_atomic
 from routerops.policy import ScriptedRouter, answer_turn, search_turn
-from routerops.protocol import render_observation
 from routerops.pool import Pool
+from routerops.protocol import render_observation
 from routerops.rewards import CostNormalizer, ScoreItem, SlidingWindowNormalizer, normalizer_from_state, score_batch
 from routerops.rollout import RolloutLimits, Trajectory, run_episodes
 from routerops.runtime import encode_prompt
@@ -411,7 +411,7 @@ class LocalTrainer:
         mask_f = resp_mask.float()
         metrics = step_metrics(trajs, scores, self.pool)
         metrics.update({"kl": float(kl.detach()), "pg_loss": float(pg_loss.detach()),
-                        "entropy": float((entropy * mask_f).sum() / mask_f.sum().clamp(min=1)),
+                        "entropy": float((entropy.detach() * mask_f).sum() / mask_f.sum().clamp(min=1)),
                         "ppo_kl": pg_metrics.get("actor/ppo_kl", 0.0), "drill_loss": float(drill_loss.detach())})
         return metrics, normalizer
 

@@ -1,8 +1,18 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from routerops.evaluation import Call, EvalRecord, aggregate, baseline_choice, oracle_choice, reprice_records
+from routerops.evaluation import (
+    Call,
+    EvalRecord,
+    aggregate,
+    baseline_choice,
+    oracle_choice,
+    paired_difference,
+    reprice_records,
+)
 from routerops.pool import parse_pool
 
 Q7, MIX = "Qwen2.5-7B-Instruct", "Mixtral-8x22B-Instruct"
@@ -77,3 +87,45 @@ def test_oracle_is_the_cheapest_correct_candidate(pool) -> None:
     assert oracle_choice(single, pool) == "LLaMA-3.1-8B-Instruct"
     none_right = {m: rec("s", "a", "nq", "no", ["Paris"], [Call(m, True, 10)]) for m in (Q7, MIX)}
     assert oracle_choice(none_right, pool) == Q7  # cheapest call when nobody is right
+
+
+# Paired fixture: on nq the router is right on a and b, random only on a; on popqa both are right on d.
+# Router calls Qwen (100 tokens = 30 micro-USD), random calls Mixtral (17 tokens = 20.4 micro-USD).
+PAIRED = [
+    *(rec("router", q, "nq", "Paris", ["Paris"], [Call(Q7, True, 100)]) for q in ("a", "b")),
+    rec("router", "d", "popqa", "Oslo", ["Oslo"], [Call(Q7, True, 100)]),
+    rec("random", "a", "nq", "Paris", ["Paris"], [Call(MIX, True, 17)]),
+    rec("random", "b", "nq", "Lyon", ["Paris"], [Call(MIX, True, 17)]),
+    rec("random", "d", "popqa", "Oslo", ["Oslo"], [Call(MIX, True, 17)]),
+    rec("router", "z", "nq", "x", ["y"], []),  # random never answered z: not paired, not counted
+]
+
+
+def test_paired_difference_on_a_hand_computed_fixture(pool) -> None:
+    d = paired_difference(PAIRED, pool, "router", "random", samples=500, seed=3)
+    assert d.questions == 3
+    assert d.em == pytest.approx((0.5 + 0.0) / 2)  # macro: nq +0.5, popqa 0
+    assert d.usd_per_question == pytest.approx((30 - 20.4) * 1e-6)
+    # Resampling nq's two deltas (+1, 0) gives nq means of 0, 0.5 or 1: macro EM 0 .. 0.5.
+    assert d.em_ci[0] == pytest.approx(0.0) and d.em_ci[1] == pytest.approx(0.5)
+    assert d.usd_ci == (pytest.approx(9.6e-6), pytest.approx(9.6e-6))  # every question costs the same
+    assert paired_difference(PAIRED, pool, "router", "random", samples=500, seed=3) == d  # seeded
+
+
+def test_paired_difference_of_identical_answers_is_exactly_zero(pool) -> None:
+    twin = [dataclasses.replace(r, system="twin") for r in FIXTURE]
+    d = paired_difference([*FIXTURE, *twin], pool, "router", "twin", samples=200)
+    assert (d.em, d.em_ci, d.usd_per_question, d.usd_ci) == (0.0, (0.0, 0.0), 0.0, (0.0, 0.0))
+
+
+@pytest.mark.parametrize(("kwargs", "error"), [
+    ({"samples": 0}, "samples must be >= 1, got 0"),
+    ({"confidence": 1.0}, r"confidence must be in \(0, 1\), got 1.0"),
+    ({"confidence": 0}, r"confidence must be in \(0, 1\), got 0"),
+    ({"baseline": "knn"}, "no question was answered by both 'router' and 'knn'"),
+    ({"baseline": "router"}, "system and baseline are both 'router': nothing to compare"),
+])
+def test_paired_difference_rejects_bad_input(pool, kwargs, error) -> None:
+    args = {"system": "router", "baseline": "random", **kwargs}
+    with pytest.raises(ValueError, match=error):
+        paired_difference(PAIRED, pool, **args)

@@ -178,5 +178,5 @@ def test_evaluation_picks_the_profiles_policy(repo_root: Path, tmp_path: Path) -
     with pytest.raises(ValueError, match="set ROUTEROPS_ROUTER_BASE_URL to the router server's base URL"):
         policy_generator(gpu, ep, router, environ={})
     no_entry = ep.model_copy(update={"policy": {"local": "transformers"}})
-    with pytest.raises(ValueError, match="evaluate_router.policy has no entry for profile 'gpu'"):
+    with pytest.raises(ValueError, match=r"evaluate_router\.policy has no entry for profile 'gpu'"):
         policy_generator(gpu, no_entry, router, environ={})
