@@ -221,12 +221,21 @@ def run(params: Params, inputs: Inputs, progress: bool = False) -> dict[str, Any
 
 
 def comparison_baselines(metrics: Sequence[SystemMetrics]) -> list[str]:
-    """The baselines the router is tested against: the fixed ones, kNN, and the most accurate
-    single candidate (the one to beat before a router is worth deploying)."""
+    """The baselines the router is tested against: the fixed ones, kNN, and every single candidate
+    on the singles' Pareto front (no other single is at least as accurate and as cheap): those are
+    the ones to beat before a router is worth deploying. A single whose averages equal a fixed
+    baseline's (cheapest is one of the singles) is not listed twice."""
     avg = {m.system: m for m in metrics if m.data_source == "average"}
-    singles = sorted((m for s, m in avg.items() if s.startswith("single:")), key=lambda m: (-m.em, m.usd_per_question))
-    wanted = ["random", "cheapest", "most_expensive", "knn", *(m.system for m in singles[:1])]
-    return [s for s in wanted if s in avg] if "router" in avg else []
+    if "router" not in avg:
+        return []
+    fixed = [s for s in ("random", "cheapest", "most_expensive", "knn") if s in avg]
+    singles = [m for s, m in avg.items() if s.startswith("single:")]
+    front = [m for m in singles
+             if not any(o.em >= m.em and o.usd_per_question <= m.usd_per_question
+                        and (o.em, o.usd_per_question) != (m.em, m.usd_per_question) for o in singles)]
+    seen = {(avg[s].em, avg[s].usd_per_question) for s in fixed}
+    return fixed + [m.system for m in sorted(front, key=lambda m: m.usd_per_question)
+                    if (m.em, m.usd_per_question) not in seen]
 
 
 def write(result: dict[str, Any], pool: Pool, out_dir: Path, metrics_path: Path) -> Path:

@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 from routerops.candidates.client import ClientConfig, OpenAIChatClient
 from routerops.candidates.replay import QualityMatrix, ReplayPool
 from routerops.candidates.types import QuestionInfo
-from routerops.evaluation import EvalRecord, aggregate, reprice_records
+from routerops.evaluation import EvalRecord, SystemMetrics, aggregate, reprice_records
 from routerops.pool import parse_pool
 from routerops.testing.fakeserver import FakeOpenAIServer, Fault
-from stages.evaluate_router import single_calls, write
+from stages.evaluate_router import comparison_baselines, single_calls, write
 
 QUESTIONS = [QuestionInfo(f"nq:test:{i}", f"who wrote book number {i}?", "nq", (f"Author {i}",)) for i in range(8)]
 
@@ -85,3 +85,17 @@ def test_candidate_outage_is_counted_and_outputs_are_written(pool, tmp_path) -> 
     assert pq.read_table(tmp_path / "evaluation" / "trajectories.parquet").num_rows == len(recs)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["average"]["single:Mixtral-8x22B-Instruct"]["candidate_failures"] == len(QUESTIONS)
+
+
+def test_router_is_compared_with_fixed_baselines_and_the_singles_pareto_front() -> None:
+    def avg(system, em, micro_usd):
+        return SystemMetrics(system, "average", 10, em, em, 1.0, micro_usd * 1e-6, 1.0)
+
+    metrics = [avg("router", 0.24, 23.8), avg("random", 0.21, 46.4), avg("knn", 0.28, 25.1),
+               avg("cheapest", 0.20, 20.4), avg("single:Mistral", 0.20, 20.4),  # the same model as cheapest
+               avg("single:Mixtral", 0.29, 20.4),  # on the front: best at the lowest cost
+               avg("single:Llama70", 0.30, 154.9),  # on the front: most accurate
+               avg("single:Gemma", 0.22, 42.6),  # dominated by Mixtral
+               SystemMetrics("single:Gemma", "nq", 10, 0.9, 0.9, 1.0, 1e-6, 1.0)]  # per-benchmark rows ignored
+    assert comparison_baselines(metrics) == ["random", "cheapest", "knn", "single:Mixtral", "single:Llama70"]
+    assert comparison_baselines([m for m in metrics if m.system != "router"]) == []
