@@ -5,13 +5,17 @@ and router episodes (a scripted router, one call per question, so the number mea
 evaluation machinery's, not a policy's generation speed). The ideal is concurrency / latency
 calls per second, divided by calls per question. Prints a markdown table.
 
-Usage: python bench/evaluate.py [--latency 0.05] [--questions 400]
+Two processes share the machine's cores (the client and the server), so at high concurrency the
+run is CPU-bound and noisy: each row is the median of --repeats runs, with the range beside it.
+
+Usage: python bench/evaluate.py [--latency 0.05] [--questions 400] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -53,7 +57,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--questions", type=int, default=400)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    if args.latency <= 0 or args.questions < 1 or args.repeats < 1:
+        ap.error("--latency must be > 0, --questions and --repeats >= 1")
     pool = load_pool(ROOT / "pool.yaml")
     rows = []
     with subprocess_server(args.latency) as url:
@@ -61,20 +68,22 @@ def main() -> None:
             cfg = ClientConfig(max_concurrency=concurrency, read_timeout_s=10)
             n = max(concurrency * 4, args.questions // len(pool))
             qs = [QuestionInfo(f"q{i}", f"benchmark question {i}?", "nq", ("a",)) for i in range(n)]
-            secs = asyncio.run(time_baselines(url, cfg, pool, qs, concurrency))
-            rows.append(("baselines (6 calls/question)", concurrency, n, secs, n / secs,
+            runs = [asyncio.run(time_baselines(url, cfg, pool, qs, concurrency)) for _ in range(args.repeats)]
+            rows.append(("baselines (6 calls/question)", concurrency, n, runs,
                          concurrency / args.latency / len(pool)))
             rq = [QuestionInfo(f"r{i}", f"benchmark question {i}?", "nq", ("a",)) for i in range(args.questions)]
-            secs = asyncio.run(time_episodes(url, cfg, pool, rq, concurrency))
-            rows.append(("router episodes (1 call/question)", concurrency, len(rq), secs, len(rq) / secs,
-                         concurrency / args.latency))
+            runs = [asyncio.run(time_episodes(url, cfg, pool, rq, concurrency)) for _ in range(args.repeats)]
+            rows.append(("router episodes (1 call/question)", concurrency, len(rq), runs, concurrency / args.latency))
 
     print(f"candidate server latency {args.latency * 1000:.0f} ms (loopback, separate process); "
-          f"{len(pool)} candidates\n")
-    print("| path | concurrency | questions | seconds | questions/s | ideal questions/s | efficiency % |")
+          f"{len(pool)} candidates; median of {args.repeats} runs\n")
+    print("| path | concurrency | questions | seconds | questions/s | ideal questions/s | efficiency % (range) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for path, c, n, secs, qps, ideal in rows:
-        print(f"| {path} | {c} | {n} | {secs:.2f} | {qps:.1f} | {ideal:.1f} | {100 * qps / ideal:.1f} |")
+    for path, c, n, runs, ideal in rows:
+        secs = statistics.median(runs)
+        lo, hi = 100 * n / max(runs) / ideal, 100 * n / min(runs) / ideal
+        print(f"| {path} | {c} | {n} | {secs:.2f} | {n / secs:.1f} | {ideal:.1f} | "
+              f"{100 * n / secs / ideal:.1f} ({lo:.0f}-{hi:.0f}) |")
 
 
 if __name__ == "__main__":
