@@ -238,6 +238,13 @@ def comparison_baselines(metrics: Sequence[SystemMetrics]) -> list[str]:
                     if (m.em, m.usd_per_question) not in seen]
 
 
+def _metric_values(m: SystemMetrics) -> dict[str, Any]:
+    return {"em": m.em, "f1": m.f1, "format_valid": m.format_valid, "usd_per_question": m.usd_per_question,
+            "calls_per_question": m.calls_per_question, "call_share": m.call_share,
+            "latency_p50_s": m.latency_p50_s, "latency_p95_s": m.latency_p95_s,
+            "candidate_failures": m.candidate_failures, "questions": m.questions}
+
+
 def write(result: dict[str, Any], pool: Pool, out_dir: Path, metrics_path: Path) -> Path:
     records: list[EvalRecord] = result["records"]
     metrics = result["metrics"]
@@ -246,12 +253,14 @@ def write(result: dict[str, Any], pool: Pool, out_dir: Path, metrics_path: Path)
         pareto_plot(metrics, tmp / "pareto.png", title=f"EM vs cost (pool {pool.pricing.label})")
         (tmp / "report.md").write_text(render_report(metrics, pool, result["decoding"], result["replay"],
                                                      plot="pareto.png", differences=result.get("differences", ())))
-    avg = {m.system: m for m in metrics if m.data_source == "average"}
+    per_benchmark: dict[str, dict[str, dict[str, Any]]] = {}
+    for m in metrics:
+        if m.data_source != "average":
+            per_benchmark.setdefault(m.system, {})[m.data_source] = _metric_values(m)
     write_json_atomic(metrics_path, {
         "decoding": result["decoding"], "replay": result["replay"], "pool_snapshot": pool.snapshot_id,
-        "average": {s: {"em": m.em, "f1": m.f1, "format_valid": m.format_valid,
-                        "usd_per_question": m.usd_per_question, "calls_per_question": m.calls_per_question,
-                        "candidate_failures": m.candidate_failures} for s, m in avg.items()},
+        "average": {m.system: _metric_values(m) for m in metrics if m.data_source == "average"},
+        "per_benchmark": per_benchmark,
         "router_minus": {d.baseline: {"em": d.em, "em_ci": list(d.em_ci), "usd_per_question": d.usd_per_question,
                                       "usd_ci": list(d.usd_ci), "confidence": d.confidence}
                          for d in result.get("differences", ())},

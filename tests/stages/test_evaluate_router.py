@@ -85,6 +85,9 @@ def test_candidate_outage_is_counted_and_outputs_are_written(pool, tmp_path) -> 
     assert pq.read_table(tmp_path / "evaluation" / "trajectories.parquet").num_rows == len(recs)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["average"]["single:Mixtral-8x22B-Instruct"]["candidate_failures"] == len(QUESTIONS)
+    nq = metrics["per_benchmark"]["single:Qwen2.5-7B-Instruct"]["nq"]
+    assert nq["questions"] == len(QUESTIONS) and nq["call_share"] == {"Qwen2.5-7B-Instruct": 1.0}
+    assert nq["candidate_failures"] == 0 and {"latency_p50_s", "latency_p95_s", "f1"} <= set(nq)
 
 
 def test_router_is_compared_with_fixed_baselines_and_the_singles_pareto_front() -> None:
