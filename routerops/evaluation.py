@@ -183,9 +183,9 @@ def paired_difference(records: Iterable[EvalRecord], pool: Pool, system: str, ba
                       include_prompt: bool = False) -> PairedDifference:
     """EM and cost differences, macro-averaged over benchmarks like `aggregate`, with a paired
     bootstrap stratified by benchmark: each resample draws questions with replacement within each
-    benchmark and keeps both systems' answers to a question together. Pairing matters: on 420
-    questions the two systems' EM are correlated, so the paired interval is about half as wide as
-    one built from two independent intervals."""
+    benchmark and keeps both systems' answers to a question together. Pairing matters when the two
+    systems often agree: on the local run's 420 questions the router-minus-Mixtral EM interval is
+    0.043 wide paired and 0.119 unpaired; against random (little agreement) 0.110 and 0.114."""
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if not 0 < confidence < 1:

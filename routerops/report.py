@@ -83,23 +83,22 @@ def _place_labels(fig: Any, ax: Any, items: Sequence[tuple[str, float, float, fl
         placed.append(Bbox.from_extents(cx - r * px_per_pt, cy - r * px_per_pt, cx + r * px_per_pt, cy + r * px_per_pt))
     # The router's label first, then left to right: crowding is worst among the cheap points.
     for text, x, y, r in sorted(items, key=lambda it: (it[0] != "router", it[1], it[2])):
-        gap = r + 2
-        for i, (fx, fy, ha, va) in enumerate(_LABEL_SLOTS):
-            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(fx * gap, fy * gap), fontsize=8,
-                              ha=ha, va=va)
+        for slot in _LABEL_SLOTS:
+            ann = _annotate(ax, text, x, y, r + 2, slot)
             box = ann.get_window_extent(renderer)
             inside = box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1
             if inside and not any(box.overlaps(other) for other in placed):
                 break
-            if i < len(_LABEL_SLOTS) - 1:
-                ann.remove()
-            else:  # nowhere clear: keep the label readable on the right of its marker
-                ann.remove()
-                fx, fy, ha, va = _LABEL_SLOTS[0]
-                ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(fx * gap, fy * gap),
-                                  fontsize=8, ha=ha, va=va)
-                box = ann.get_window_extent(renderer)
+            ann.remove()
+        else:  # nowhere clear: keep the label readable on the right of its marker
+            box = _annotate(ax, text, x, y, r + 2, _LABEL_SLOTS[0]).get_window_extent(renderer)
         placed.append(box)
+
+
+def _annotate(ax: Any, text: str, x: float, y: float, gap: float, slot: tuple[float, float, str, str]) -> Any:
+    fx, fy, ha, va = slot
+    return ax.annotate(text, (x, y), textcoords="offset points", xytext=(fx * gap, fy * gap), fontsize=8,
+                       ha=ha, va=va)
 
 
 def _significance(d: PairedDifference) -> str:
