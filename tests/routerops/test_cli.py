@@ -133,3 +133,58 @@ def test_console_script_is_installed() -> None:
     proc = subprocess.run([str(exe), "pool", "validate"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "OK  snapshot" in proc.stdout
+
+
+def _trajectories(tmp_path: Path, extra_calls: tuple = ()) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from routerops.evaluation import Call, EvalRecord
+
+    mix = "Mixtral-8x22B-Instruct"
+    recs = [EvalRecord("router", "a", "nq", "q?", ("Paris",), "Paris", True, (Call(mix, True, 100), *extra_calls)),
+            EvalRecord("router", "b", "nq", "q?", ("Rome",), "Lyon", True, (Call(Q, True, 200),)),
+            EvalRecord(f"single:{Q}", "a", "nq", "q?", ("Paris",), "Paris", True, (Call(Q, True, 50),))]
+    path = tmp_path / "trajectories.parquet"
+    pq.write_table(pa.Table.from_pylist([r.as_row() for r in recs]), path)
+    return path
+
+
+def test_eval_reprice_prints_old_against_new_and_draws_the_plot(tmp_path) -> None:
+    new_pool = tmp_path / "pool.yaml"
+    new_pool.write_text((ROOT / "pool.yaml").read_text().replace(
+        "Mixtral-8x22B-Instruct: {input_usd_per_mtok: 1.20, output_usd_per_mtok: 1.20}",
+        "Mixtral-8x22B-Instruct: {input_usd_per_mtok: 12.0, output_usd_per_mtok: 12.0}"))
+    plot = tmp_path / "out" / "pareto.png"
+    res = runner.invoke(app, ["eval", "reprice", "--pool", str(new_pool), "--trajectories",
+                              str(_trajectories(tmp_path)), "--old-pool", str(ROOT / "pool.yaml"),
+                              "--plot", str(plot)])
+    assert res.exit_code == 0, res.output
+    assert "repriced 3 records from trajectories.parquet" in res.output and "(0 candidate calls)" in res.output
+    # router: (100 x 1.20 + 200 x 0.30) / 2 = 90 micro-USD before; (100 x 12 + 200 x 0.30) / 2 = 630 after
+    router = next(line for line in res.output.splitlines() if line.startswith("router "))
+    assert router.split()[1:] == ["0.500", "90.0", "630.0", "+600.0%"]
+    single = next(line for line in res.output.splitlines() if line.startswith(f"single:{Q}"))
+    assert single.split()[1:] == ["1.000", "15.0", "15.0", "+0.0%"]
+    assert plot.read_bytes()[:4] == b"\x89PNG" and f"Pareto plot under the new prices: {plot}" in res.output
+
+
+@pytest.mark.parametrize(("case", "error"), [
+    ("no trajectories", "no evaluation trajectories; run `dvc repro evaluate_router` first"),
+    ("unpriced model", "no price for model(s) Mystery-1B that the evaluation called"),
+    ("bad pool", "field 'price.output_usd_per_mtok'"),
+])
+def test_eval_reprice_rejects_bad_input(tmp_path, case, error) -> None:
+    from routerops.evaluation import Call
+
+    pool = ROOT / "pool.yaml"
+    traj = _trajectories(tmp_path, (Call("Mystery-1B", True, 5),) if case == "unpriced model" else ())
+    if case == "no trajectories":
+        traj = tmp_path / "missing.parquet"
+    if case == "bad pool":
+        pool = tmp_path / "bad.yaml"
+        pool.write_text((ROOT / "pool.yaml").read_text().replace("output_usd_per_mtok: 1.20", "output_usd_per_mtok: -1"))
+    res = runner.invoke(app, ["eval", "reprice", "--pool", str(pool), "--trajectories", str(traj),
+                              "--old-pool", str(ROOT / "pool.yaml")])
+    assert res.exit_code == 1
+    assert error in res.output
