@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -239,10 +239,7 @@ def comparison_baselines(metrics: Sequence[SystemMetrics]) -> list[str]:
 
 
 def _metric_values(m: SystemMetrics) -> dict[str, Any]:
-    return {"em": m.em, "f1": m.f1, "format_valid": m.format_valid, "usd_per_question": m.usd_per_question,
-            "calls_per_question": m.calls_per_question, "call_share": m.call_share,
-            "latency_p50_s": m.latency_p50_s, "latency_p95_s": m.latency_p95_s,
-            "candidate_failures": m.candidate_failures, "questions": m.questions}
+    return {k: v for k, v in asdict(m).items() if k not in ("system", "data_source")}
 
 
 def write(result: dict[str, Any], pool: Pool, out_dir: Path, metrics_path: Path) -> Path:
