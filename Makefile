@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.routerops-installed
+# Every Python tree of the project that lint and the type checker read.
+CODE := routerops stages flows infra bench $(wildcard services)
 
 # Telemetry off everywhere, and Prefect's state kept inside the project.
 export DO_NOT_TRACK := 1
@@ -19,6 +21,11 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PREFECT_HOME := $(CURDIR)/.routerops/prefect
 export PREFECT_LOGGING_LEVEL ?= WARNING
+# Prefect's own machinery stays quiet; what flows and tasks log (stage summaries, the verdict,
+# what is left running) shows on the console as it does in the Prefect UI.
+export PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL ?= INFO
+export PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL ?= INFO
+export GX_ANALYTICS_ENABLED := false
 
 .PHONY: demo test lint lock bench clean-venv
 
@@ -35,12 +42,19 @@ demo: $(STAMP)
 	@mkdir -p $(PREFECT_HOME)
 	$(PY) -m flows.pipeline
 
-test: $(STAMP)
+# Stop this checkout's local S3 store, which `make demo` leaves running (docs/storage.md).
+.PHONY: stop
+stop:
+	$(PY) -m infra.local.s3 stop
+
+# Lint and the type checker first: a type error fails the suite in seconds, not after it.
+test: lint
 	@mkdir -p $(PREFECT_HOME)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check routerops stages flows services infra bench tests
+	$(VENV)/bin/ruff check $(CODE) tests
+	$(VENV)/bin/mypy $(CODE)
 
 bench: $(STAMP)
 	$(PY) bench/candidates.py

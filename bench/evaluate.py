@@ -26,30 +26,31 @@ sys.path.insert(0, str(ROOT))
 from routerops.candidates.budget import RequestBudget  # noqa: E402
 from routerops.candidates.client import ClientConfig, OpenAIChatClient  # noqa: E402
 from routerops.candidates.types import QuestionInfo  # noqa: E402
+from routerops.config import load_params  # noqa: E402
 from routerops.policy import ScriptedRouter  # noqa: E402
-from routerops.pool import load_pool  # noqa: E402
+from routerops.pool import Pool, load_pool  # noqa: E402
 from routerops.rollout import RolloutLimits, run_episodes  # noqa: E402
 from routerops.testing.fakeserver import subprocess_server  # noqa: E402
 from routerops.tokens import ByteTokenizer  # noqa: E402
 from stages.evaluate_router import single_calls  # noqa: E402
 
 
-async def time_baselines(url: str, cfg: ClientConfig, pool, qs: list[QuestionInfo], concurrency: int) -> float:
+async def time_baselines(url: str, cfg: ClientConfig, pool: Pool, qs: list[QuestionInfo], concurrency: int) -> float:
     async with OpenAIChatClient(cfg, base_url=url, api_key="k") as client:
         start = time.perf_counter()
-        await single_calls(qs, pool, client, concurrency, "bench", False)
+        await single_calls(qs, pool, client, concurrency, "bench")
         return time.perf_counter() - start
 
 
-async def time_episodes(url: str, cfg: ClientConfig, pool, qs: list[QuestionInfo], concurrency: int) -> float:
+async def time_episodes(url: str, cfg: ClientConfig, pool: Pool, qs: list[QuestionInfo], concurrency: int,
+                        limits: RolloutLimits) -> float:
     tok = ByteTokenizer()
     router = ScriptedRouter(tok, ["Qwen2.5-7B-Instruct"])
     items = [(q, tok.encode(f"Question: {q.text}\n")) for q in qs]
     async with OpenAIChatClient(cfg, base_url=url, api_key="k") as client:
         start = time.perf_counter()
         await run_episodes(items, concurrency=concurrency, budgets=[RequestBudget(None)] * len(items),
-                           generator=router, tokenizer=tok, pool=pool, backend=client,
-                           limits=RolloutLimits(max_prompt_tokens=512, max_context_tokens=4096))
+                           generator=router, tokenizer=tok, pool=pool, backend=client, limits=limits)
         return time.perf_counter() - start
 
 
@@ -62,6 +63,7 @@ def main() -> None:
     if args.latency <= 0 or args.questions < 1 or args.repeats < 1:
         ap.error("--latency must be > 0, --questions and --repeats >= 1")
     pool = load_pool(ROOT / "pool.yaml")
+    limits = load_params(ROOT / "params.yaml").rollout.limits()  # the project's episode limits
     rows = []
     with subprocess_server(args.latency) as url:
         for concurrency in (8, 32, 64):
@@ -72,7 +74,7 @@ def main() -> None:
             rows.append(("baselines (6 calls/question)", concurrency, n, runs,
                          concurrency / args.latency / len(pool)))
             rq = [QuestionInfo(f"r{i}", f"benchmark question {i}?", "nq", ("a",)) for i in range(args.questions)]
-            runs = [asyncio.run(time_episodes(url, cfg, pool, rq, concurrency)) for _ in range(args.repeats)]
+            runs = [asyncio.run(time_episodes(url, cfg, pool, rq, concurrency, limits)) for _ in range(args.repeats)]
             rows.append(("router episodes (1 call/question)", concurrency, len(rq), runs, concurrency / args.latency))
 
     print(f"candidate server latency {args.latency * 1000:.0f} ms (loopback, separate process); "

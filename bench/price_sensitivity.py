@@ -21,20 +21,25 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, without installing
 
-from routerops.candidates.replay import QualityMatrix, ReplayPool  # noqa: E402
-from routerops.config import load_params  # noqa: E402
-from routerops.pool import Pool, load_pool, parse_pool  # noqa: E402
-from routerops.rewards import ScoreItem, SlidingWindowNormalizer, score_batch  # noqa: E402
-from routerops.rollout import run_episodes  # noqa: E402
-from routerops.runtime import encode_prompt  # noqa: E402
-from routerops.training.local_backend import LocalTrainer, _limits  # noqa: E402
-from routerops.training.tiny_policy import BatchedGenerator, load_policy  # noqa: E402
-from stages.train_router import train_questions  # noqa: E402
+from routerops.candidates.replay import ReplayPool
+from routerops.candidates.types import QuestionInfo
+from routerops.config import Params, load_params
+from routerops.paths import project_root
+from routerops.pool import Pool, load_pool, parse_pool
+from routerops.rewards import ScoreItem, SlidingWindowNormalizer, score_batch
+from routerops.rl_dataset import read_questions
+from routerops.rollout import run_episodes
+from routerops.runtime import encode_prompt, replay_pool
+from routerops.training.local_backend import LocalTrainer, TrainResult
+from routerops.training.tiny_policy import BatchedGenerator
+
+ROOT = project_root()
 
 
 def repriced(pool_file: Path, model: str, factor: float) -> Pool:
@@ -48,19 +53,20 @@ def repriced(pool_file: Path, model: str, factor: float) -> Pool:
     return parse_pool(raw, f"{pool_file} ({model} x{factor:g})")
 
 
-def measure(params, pool, router_dir: Path, questions, replay, episodes: int, seed: int) -> dict:
+def measure(params: Params, pool: Pool, trained: TrainResult, questions: Sequence[QuestionInfo], replay: ReplayPool,
+            episodes: int, seed: int) -> dict[str, Any]:
     """Sample the policy (temperature from params) and report call shares, EM and cost."""
     import torch
 
     torch.manual_seed(seed)
-    model, tok = load_policy(router_dir)
+    model, tok = trained.model, trained.tokenizer
     lp = params.train_router.local
     rng = random.Random(seed)
     qs = [rng.choice(questions) for _ in range(episodes)]
     gen = BatchedGenerator(model, tok, temperature=lp.temperature, top_p=lp.top_p, max_batch=episodes)
     trajs = asyncio.run(run_episodes([(q, encode_prompt(q.text, pool, tok, params)) for q in qs],
                                      concurrency=episodes, generator=gen, tokenizer=tok, pool=pool,
-                                     backend=replay, limits=_limits(params, lp)))
+                                     backend=replay, limits=params.router_limits()))
     scores, _ = score_batch([ScoreItem(t.segments, t.question.golden_answers, t.usages()) for t in trajs],
                             pool, params.rewards.alpha, SlidingWindowNormalizer(), params.rewards.outcome)
     calls = Counter(c.model for t in trajs for c in t.calls if c.ok)
@@ -87,26 +93,23 @@ def main() -> None:
         "rewards": params.rewards.model_copy(update={"alpha": args.alpha}),
         "train_router": tp.model_copy(update={"local": tp.local.model_copy(update={"grpo_steps": args.steps})})})
     dataset = ROOT / params.build_dataset.out_dir
-    questions = train_questions(dataset)
-    matrix = QualityMatrix.load(ROOT / params.build_dataset.raw_dir / "pool")
+    questions = read_questions(dataset, "train")
 
     def replay() -> ReplayPool:
-        return ReplayPool(matrix, ReplayPool.distractors_from(questions), seed=params.candidates.replay_seed,
-                          decline_share=params.candidates.replay_decline_share,
-                          calibrate=params.candidates.replay_calibrate)
+        return replay_pool(params.candidates, ROOT / params.build_dataset.raw_dir, questions)
 
     if args.out.exists():
         shutil.rmtree(args.out)
     t0 = time.time()
     base_pool = load_pool(ROOT / "pool.yaml")
-    LocalTrainer(params, base_pool, questions, replay(), args.out / "ckpt-base").run(args.out / "router-base")
-    before = measure(params, base_pool, args.out / "router-base", questions, replay(), args.episodes, 1)
+    base = LocalTrainer(params, base_pool, questions, replay(), args.out / "ckpt-base").run()
+    before = measure(params, base_pool, base, questions, replay(), args.episodes, 1)
     top = max(before["shares"], key=before["shares"].get)
     new_pool = repriced(ROOT / "pool.yaml", top, args.factor)
     (args.out / "ckpt-repriced").mkdir(parents=True)
     shutil.copytree(args.out / "ckpt-base" / "sft", args.out / "ckpt-repriced" / "sft")  # same warm start
-    LocalTrainer(params, new_pool, questions, replay(), args.out / "ckpt-repriced").run(args.out / "router-repriced")
-    after = measure(params, new_pool, args.out / "router-repriced", questions, replay(), args.episodes, 1)
+    retrained = LocalTrainer(params, new_pool, questions, replay(), args.out / "ckpt-repriced").run()
+    after = measure(params, new_pool, retrained, questions, replay(), args.episodes, 1)
 
     print(f"\nlocal router, alpha={args.alpha}, {args.steps} GRPO steps, {args.episodes} sampled episodes each; "
           f"{top} made {args.factor:g}x more expensive ({time.time() - t0:.0f} s)\n")

@@ -1,7 +1,9 @@
-"""Small Prefect tasks shared by flows: run a command, a DVC step, or publish an artifact.
+"""Prefect tasks shared by flows: run a command, a DVC step or a stage, gate on a metric, publish
+a file the stages wrote.
 
 Tasks shell out to the same commands a person runs (`dvc repro`, `dvc push`, `python -m ...`),
-so a flow adds scheduling, retries, timeouts and reporting, never logic of its own.
+so a flow adds scheduling, retries, timeouts and reporting, never logic of its own. Reading a
+file is the most a task does with an output; the stages write their own summaries.
 """
 
 from __future__ import annotations
@@ -12,17 +14,28 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from routerops.config import load_params
+from routerops.paths import default_params_file, default_pool_file, runs_dir
+from routerops.progress import PROGRESS_ENV
+
+__all__ = ["CommandFailed", "GateFailed", "Layout", "dvc_push", "dvc_repro", "gate", "layout", "publish_file",
+           "read_metrics", "run_command", "run_stage", "running_services", "seed_data", "start_local_s3",
+           "validate_pool"]
 
 
 class CommandFailed(RuntimeError):
     pass
+
+
+class GateFailed(RuntimeError):
+    """A metric the flow gates on says no; nothing after the gate runs."""
 
 
 def _env() -> dict[str, str]:
@@ -30,14 +43,17 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("GX_ANALYTICS_ENABLED", "false")
+    if sys.stderr.isatty():  # children's output is piped through us to a terminal: bars may redraw
+        env.setdefault(PROGRESS_ENV, "bar")
     return env
 
 
-def run_command(args: list[str], *, cwd: Path | None = None, timeout_s: float | None = None,
+def run_command(args: list[str], *, cwd: Path, timeout_s: float | None = None,
                 extra_env: dict[str, str] | None = None) -> str:
-    """Run, streaming stdout and stderr live (progress bars included), and fail with the
-    command's last lines on a non-zero exit. Returns the full stdout."""
-    proc = subprocess.Popen(args, cwd=cwd or REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    """Run, streaming stdout and stderr live (progress included), and fail with the command's
+    last lines on a non-zero exit. Returns the full stdout."""
+    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**_env(), **(extra_env or {})})
     out: list[bytes] = []
     tail: deque[bytes] = deque(maxlen=400)  # last ~400 chunks of either stream, for the error
@@ -50,6 +66,7 @@ def run_command(args: list[str], *, cwd: Path | None = None, timeout_s: float | 
             if keep is not None:
                 keep.append(chunk)
 
+    assert proc.stdout is not None and proc.stderr is not None  # both are PIPEs
     threads = [threading.Thread(target=pump, args=(proc.stdout, sys.stdout.buffer, out), daemon=True),
                threading.Thread(target=pump, args=(proc.stderr, sys.stderr.buffer, None), daemon=True)]
     for t in threads:
@@ -73,13 +90,46 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where the stages of a project write what the flow reads (from its params.yaml)."""
+
+    pool_file: Path
+    validation_metrics: Path
+    dataset_summary: Path
+    validation_summary: Path
+    training_summary: Path
+    evaluation_summary: Path
+    data_card: Path
+    train_metrics: Path
+    evaluation_metrics: Path
+    samples_dir: Path
+
+
+@task(name="layout", timeout_seconds=30)
+def layout(repo: Path) -> Layout:
+    params = load_params(default_params_file(repo))
+    return Layout(
+        pool_file=default_pool_file(repo),
+        validation_metrics=repo / params.validate_dataset.metrics,
+        dataset_summary=repo / params.build_dataset.out_dir / "summary.md",
+        validation_summary=repo / params.validate_dataset.out_dir / "summary.md",
+        training_summary=repo / params.train_router.out_dir / "summary.md",
+        evaluation_summary=repo / params.evaluate_router.out_dir / "summary.md",
+        data_card=repo / params.build_dataset.data_card,
+        train_metrics=repo / params.train_router.metrics,
+        evaluation_metrics=repo / params.evaluate_router.metrics,
+        samples_dir=runs_dir(repo) / "route_samples",
+    )
+
+
 @task(name="validate-pool", timeout_seconds=120)
-def validate_pool(pool_file: str) -> str:
-    return run_command(python_module("routerops.cli", "pool", "validate", pool_file))
+def validate_pool(pool_file: Path, repo: Path) -> str:
+    return run_command(python_module("routerops.cli", "pool", "validate", str(pool_file)), cwd=repo)
 
 
 @task(name="start-local-s3", timeout_seconds=180, retries=1, retry_delay_seconds=5)
-def start_local_s3(repo: Path = REPO_ROOT) -> str:
+def start_local_s3(repo: Path) -> str:
     """Start (or find running) the loopback S3 store and point DVC's default remote at it."""
     out = run_command(python_module("infra.local.s3", "start"), cwd=repo)
     out += run_command(python_module("infra.local.dvc_remote", "configure"), cwd=repo)
@@ -87,19 +137,19 @@ def start_local_s3(repo: Path = REPO_ROOT) -> str:
 
 
 @task(name="seed-data", timeout_seconds=900)
-def seed_data(repo: Path = REPO_ROOT) -> str:
+def seed_data(repo: Path) -> str:
     """Fill data/ and check it is the data version recorded in data.dvc (exit 3 if not)."""
     return run_command(python_module("routerops.cli", "data", "seed", "--dest", str(repo / "data")), cwd=repo)
 
 
 @task(name="dvc-repro", timeout_seconds=3600)
-def dvc_repro(repo: Path = REPO_ROOT) -> str:
+def dvc_repro(repo: Path) -> str:
     """DVC alone decides what re-runs; a failing stage (e.g. validation) fails this task."""
     return run_command(python_module("dvc", "repro"), cwd=repo)
 
 
 @task(name="dvc-push", timeout_seconds=1800, retries=2, retry_delay_seconds=10)
-def dvc_push(repo: Path = REPO_ROOT) -> str:
+def dvc_push(repo: Path) -> str:
     """Push every stage output. One retry layer: botocore would otherwise retry each refused
     connection 5 times per file (minutes against a dead endpoint); here a dead store fails the
     push in seconds and Prefect retries the whole push, which uploads only what is missing."""
@@ -107,15 +157,36 @@ def dvc_push(repo: Path = REPO_ROOT) -> str:
 
 
 @task(name="read-metrics", timeout_seconds=30)
-def read_metrics(path: str, repo: Path = REPO_ROOT) -> dict[str, Any]:
-    return json.loads((repo / path).read_text())
+def read_metrics(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
+
+
+@task(name="gate", timeout_seconds=30)
+def gate(path: Path, key: str) -> None:
+    """Fail unless the metrics file `path` holds a true `key`."""
+    metrics = json.loads(path.read_text())
+    if metrics.get(key) is not True:
+        raise GateFailed(f"{path}: {key} is {metrics.get(key)!r}, not true: {json.dumps(metrics)}")
 
 
 @task(name="run-stage", timeout_seconds=1800, task_run_name="stage-{module}")
-def run_stage(module: str, repo: Path = REPO_ROOT) -> str:
+def run_stage(module: str, repo: Path) -> str:
     return run_command(python_module(f"stages.{module}"), cwd=repo)
 
 
-@task(name="publish-markdown", timeout_seconds=60)
-def publish_markdown(key: str, markdown: str, description: str) -> None:
-    create_markdown_artifact(key=key, markdown=markdown, description=description)
+@task(name="publish-file", timeout_seconds=60, task_run_name="publish-{key}")
+def publish_file(path: Path, key: str, description: str) -> str:
+    """A stage's markdown file as a Prefect artifact and in the run's log; returns the text."""
+    text = path.read_text()
+    create_markdown_artifact(key=key, markdown=text, description=description)
+    get_run_logger().info("%s (%s):\n%s", description, path, text)
+    return text
+
+
+@task(name="running-services", timeout_seconds=30)
+def running_services(repo: Path) -> str | None:
+    """What the run left running for later commands (the S3 store DVC pushes to), and how to
+    stop it; None when nothing is left running."""
+    from infra.local.s3 import running_summary
+
+    return running_summary(repo / ".routerops" / "s3")

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from routerops.candidates.types import QuestionInfo
 from routerops.config import ParamsError, load_params
-from routerops.paths import default_pool_file, project_root
+from routerops.paths import default_params_file, default_pool_file, project_root
 from routerops.pool import Pool, PoolError, load_pool
 from routerops.rewards import (
     CallUsage,
@@ -23,7 +23,8 @@ from routerops.rewards import (
     SlidingWindowNormalizer,
     score_batch,
 )
-from routerops.rollout import Trajectory
+from routerops.rollout import TokenGenerator, Trajectory
+from routerops.trace import render_trace, trajectory_json
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="RouterOps: cost-aware LLM routers.")
 pool_app = typer.Typer(no_args_is_help=True, help="Candidate pool and price table.")
@@ -156,25 +157,6 @@ def score(
 # ---------------------------------------------------------------------------------------------
 
 
-def render_trace(traj: Trajectory) -> str:
-    """A readable trace: the policy's text, each call with tokens and dollars, the total."""
-    out = [f"Q: {traj.question.text}"]
-    if traj.question.golden_answers:
-        out.append(f"gold: {' | '.join(traj.question.golden_answers)}")
-    out.append("--- trace ---")
-    out.append(traj.response_text.strip())
-    out.append("--- calls ---")
-    for c in traj.calls:
-        status = "ok" if c.ok else f"FAILED ({c.failure})"
-        out.append(f"turn {c.turn}: {c.model:<24} {c.completion_tokens:>4} completion tok  "
-                   f"${c.cost_usd:.8f}  [{c.origin}] {status}")
-    if not traj.calls:
-        out.append("(no calls)")
-    out.append(f"answer: {traj.answer!r}  stop: {traj.stop_reason}  turns: {traj.turns}  "
-               f"cost: ${traj.cost_usd:.8f} ({traj.cost_usd * 1e6:.1f} micro-USD)")
-    return "\n".join(out)
-
-
 @app.command("ask")
 def ask(
     question: Annotated[str, typer.Argument(help="the user question")],
@@ -186,23 +168,29 @@ def ask(
     source: Annotated[str, typer.Option(help="data source of the question (replay priors)")] = "nq",
     params_file: Annotated[Path | None, typer.Option("--params", help="default: params.yaml")] = None,
     pool_file: Annotated[Path | None, typer.Option("--pool")] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="raw snapshot holding the replay matrix (default: data/ when seeded, else ../shared/data)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the trajectory as JSON")] = False,
 ) -> None:
     """Answer one question with the router and print the trace, calls, tokens and dollars."""
     from routerops.candidates.replay import question_key
+    from routerops.paths import shared_data_dir
     from routerops.policy import ScriptedRouter, load_transformers_policy
     from routerops.runtime import build_backend, route_questions
-    from routerops.tokens import ByteTokenizer
+    from routerops.tokens import ByteTokenizer, Tokenizer
 
     if candidates not in ("replay", "openai"):
         raise _fail(f"--candidates must be replay or openai, got {candidates!r}")
     try:
-        params = load_params(params_file or project_root() / "params.yaml")
+        params = load_params(params_file or default_params_file())
     except ParamsError as exc:
         raise _fail(str(exc), 1) from None
     pool = _load_pool(pool_file)
     params = params.model_copy(update={"candidates": params.candidates.model_copy(update={"backend": candidates})})
-    backends = build_backend(params.candidates, include_prompt_cost=params.rewards.include_prompt_cost)
+    seeded = project_root() / params.build_dataset.raw_dir
+    data_dir = data or (seeded if seeded.is_dir() else shared_data_dir())
+    backends = build_backend(params.candidates, data_dir=data_dir,
+                             include_prompt_cost=params.rewards.include_prompt_cost)
     info = QuestionInfo("cli", question, source, tuple(gold or ()))
     if backends.replay is not None and backends.replay.matrix is not None and not gold:
         known = backends.replay.matrix.questions.get(question_key(question))
@@ -213,19 +201,20 @@ def ask(
         for n in names:
             if pool.resolve(n) is None:
                 raise _fail(f"--route-to {n!r} is not in the pool ({', '.join(pool.names)})")
-        tokenizer: Any = ByteTokenizer()
-        generator: Any = ScriptedRouter(tokenizer, names)
+        tokenizer: Tokenizer = ByteTokenizer()
+        generator: TokenGenerator = ScriptedRouter(tokenizer, names)
+        limits = params.rollout.limits()
     else:
         try:
-            generator = load_transformers_policy(policy, greedy=True)
+            hf = load_transformers_policy(policy, greedy=True)
         except (FileNotFoundError, OSError, ValueError) as exc:
             raise _fail(str(exc), 1) from None
-        tokenizer = generator.tokenizer
+        tokenizer, generator, limits = hf.tokenizer, hf, params.router_limits()
 
     async def go() -> Trajectory:
         try:
             (t,) = await route_questions([info], params=params, pool=pool, tokenizer=tokenizer,
-                                         generator=generator, backends=backends)
+                                         generator=generator, backends=backends, limits=limits)
             return t
         finally:
             await backends.aclose()
@@ -235,19 +224,6 @@ def ask(
         typer.echo(json.dumps(trajectory_json(traj), indent=2))
     else:
         typer.echo(render_trace(traj))
-
-
-def trajectory_json(traj: Trajectory) -> dict[str, Any]:
-    return {
-        "question": traj.question.text, "question_id": traj.question.id, "data_source": traj.question.data_source,
-        "golden_answers": list(traj.question.golden_answers), "response": traj.response_text,
-        "answer": traj.answer, "stop_reason": traj.stop_reason, "turns": traj.turns, "actions": traj.actions,
-        "cost_usd": traj.cost_usd,
-        "calls": [{"turn": c.turn, "model": c.model, "query": c.query, "ok": c.ok, "reply": c.reply,
-                   "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                   "cost_usd": c.cost_usd, "origin": c.origin, "attempts": c.attempts, "failure": c.failure}
-                  for c in traj.calls],
-    }
 
 
 @data_app.command("seed")
@@ -312,18 +288,18 @@ def train(
     import subprocess
 
     root = project_root()
-    params_file = params_file or root / "params.yaml"
+    params_file = params_file or default_params_file()
     out = out or root / ".routerops" / "verl-dry-run"
     try:
         params = load_params(params_file)
-        tp = params.require("train_router")
+        tp = params.train_router
     except ParamsError as exc:
         raise _fail(str(exc), 1) from None
     chosen = backend or tp.backend
     if chosen not in ("local", "verl"):
         raise _fail(f"--backend must be local or verl, got {chosen!r}")
     if dry_run and chosen == "verl":
-        from routerops.training.verl_backend import dry_run_report
+        from routerops.training.verl.launch import dry_run_report
 
         code, text = dry_run_report(params_file, out)
         typer.echo(text, nl=False)
@@ -347,7 +323,7 @@ def train(
 @eval_app.command("reprice")
 def eval_reprice(
     pool: Annotated[Path, typer.Option("--pool", help="the pool file with the new prices")],
-    trajectories: Annotated[Path | None, typer.Option(help="default: artifacts/evaluation/trajectories.parquet")]
+    trajectories: Annotated[Path | None, typer.Option(help="default: trajectories.parquet in evaluate_router.out_dir")]
     = None,
     old_pool: Annotated[Path | None, typer.Option(help="prices the evaluation ran under (default: pool.yaml)")]
     = None,
@@ -361,8 +337,11 @@ def eval_reprice(
     from routerops.evaluation import EvalRecord, aggregate, reprice_records
     from routerops.report import pareto_plot
 
-    root = project_root()
-    trajectories = trajectories or root / "artifacts" / "evaluation" / "trajectories.parquet"
+    try:
+        out_dir = project_root() / load_params(default_params_file()).evaluate_router.out_dir
+    except ParamsError as exc:
+        raise _fail(str(exc), 1) from None
+    trajectories = trajectories or out_dir / "trajectories.parquet"
     if not trajectories.is_file():
         raise _fail(f"{trajectories}: no evaluation trajectories; run `dvc repro evaluate_router` first", 1)
     old, new = _load_pool(old_pool), _load_pool(pool)

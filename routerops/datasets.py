@@ -16,16 +16,19 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from routerops.prompt import normalize_question
 
 __all__ = [
     "ANSWER_SPLIT",
     "SOURCES",
+    "SPLITS",
     "CanonicalRow",
     "DatasetFileError",
+    "Format",
     "LoadReport",
+    "Split",
     "dedup_key",
     "load_file",
     "parse_flashrag_row",
@@ -38,11 +41,11 @@ ANSWER_SPLIT = "<|answer_split|>"
 SOURCES = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle", "multihopqa")
 _SOURCE_ALIASES = {"tq": "triviaqa", "2wiki": "2wikimultihopqa", "Bamboogle": "bamboogle", "bamboogle": "bamboogle"}
 Format = Literal["flashrag", "nq_open", "hotpot_simplified", "r1searcher", "verl_parquet", "llmrouter_queries"]
-FORMATS: tuple[str, ...] = ("flashrag", "nq_open", "hotpot_simplified", "r1searcher", "verl_parquet",
-                            "llmrouter_queries")
+FORMATS: tuple[str, ...] = get_args(Format)
 # LLMRouter's task names for the QA sources whose per-model quality the replay matrix records.
 LLMROUTER_TASKS = {"natural_qa": "nq", "trivia_qa": "triviaqa"}
 Split = Literal["train", "validation", "test"]
+SPLITS: tuple[Split, ...] = ("train", "validation", "test")
 
 
 class DatasetFileError(ValueError):

@@ -14,23 +14,34 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from routerops.pool import Pool
+from routerops.candidates.types import REPLY_ORIGINS, CallOrigin, CallResult, CandidateReply, FailureKind
+from routerops.pool import Candidate, Pool
 from routerops.rewards import exact_match, f1_score
+from routerops.rollout import CallRecord
 
 __all__ = [
+    "FIXED_BASELINES",
     "PAPER",
     "Call",
+    "Decoding",
     "EvalRecord",
     "PairedDifference",
     "SystemMetrics",
+    "Verdict",
     "aggregate",
     "baseline_choice",
+    "comparison_baselines",
+    "dominates",
     "oracle_choice",
     "paired_difference",
     "reprice_records",
+    "verdict",
 ]
+
+# Baselines that call one candidate chosen without looking at the question's outcome.
+FIXED_BASELINES = ("random", "cheapest", "most_expensive")
 
 # Router-R1's reported exact match (the brief's table), shown beside ours and labelled as theirs.
 PAPER: Mapping[str, Mapping[str, float]] = {
@@ -46,13 +57,43 @@ PAPER_NQ_COST_MICRO_USD = {"alpha=0": 150.6, "alpha=0.6": 150.0, "alpha=0.9": 5.
 
 @dataclass(frozen=True)
 class Call:
+    """One candidate call as the evaluation keeps it: token counts (so it can be repriced), never
+    dollars."""
+
     model: str
-    ok: bool
+    origin: CallOrigin
     completion_tokens: int = 0
     prompt_tokens: int = 0
     latency_s: float = 0.0
-    failure: str | None = None
-    origin: str = ""
+    failure: FailureKind | None = None
+    failure_detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.origin in REPLY_ORIGINS
+
+    @classmethod
+    def of_record(cls, c: CallRecord) -> Call:
+        return cls(c.model, c.origin, c.completion_tokens, c.prompt_tokens, c.latency_s, c.failure, c.failure_detail)
+
+    @classmethod
+    def of_result(cls, r: CallResult) -> Call:
+        if isinstance(r, CandidateReply):
+            return cls(r.model, r.origin, r.completion_tokens, r.prompt_tokens, r.latency_s)
+        return cls(r.model, CallOrigin.FAILED, 0, 0, r.latency_s, r.kind, r.detail)
+
+    def as_row(self) -> dict[str, Any]:
+        return {"model": self.model, "origin": self.origin.value, "completion_tokens": self.completion_tokens,
+                "prompt_tokens": self.prompt_tokens, "latency_s": self.latency_s,
+                "failure": None if self.failure is None else self.failure.value,
+                "failure_detail": self.failure_detail}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Call:
+        failure = row.get("failure")
+        return cls(str(row["model"]), CallOrigin(row["origin"]), int(row["completion_tokens"]),
+                   int(row["prompt_tokens"]), float(row["latency_s"]),
+                   None if failure is None else FailureKind(failure), row.get("failure_detail"))
 
 
 @dataclass(frozen=True)
@@ -83,12 +124,12 @@ class EvalRecord:
     def as_row(self) -> dict[str, Any]:
         row = asdict(self)
         row["golden_answers"] = list(self.golden_answers)
-        row["calls"] = [asdict(c) for c in self.calls]
+        row["calls"] = [c.as_row() for c in self.calls]
         return row
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> EvalRecord:
-        calls = tuple(Call(**c) for c in row.get("calls") or [])
+        calls = tuple(Call.from_row(c) for c in row.get("calls") or [])
         fields = {k: row[k] for k in ("system", "question_id", "data_source", "question", "answer",
                                       "format_valid", "latency_s", "response")}
         return cls(**fields, golden_answers=tuple(row["golden_answers"]), calls=calls)
@@ -133,7 +174,7 @@ def _metrics(system: str, source: str, recs: Sequence[EvalRecord], pool: Pool,
         call_share={m: calls[m] / total for m in sorted(calls)} if total else {},
         latency_p50_s=_percentile([r.latency_s for r in recs], 0.5),
         latency_p95_s=_percentile([r.latency_s for r in recs], 0.95),
-        candidate_failures=sum(1 for r in recs for c in r.calls if not c.ok and c.failure != "unknown_model"),
+        candidate_failures=sum(1 for r in recs for c in r.calls if c.origin is CallOrigin.FAILED),
     )
 
 
@@ -176,6 +217,15 @@ class PairedDifference:
     usd_ci: tuple[float, float]
     confidence: float
     samples: int
+
+    @property
+    def em_significant(self) -> bool:
+        """The EM interval excludes 0: the data tell the two systems apart."""
+        return not self.em_ci[0] <= 0 <= self.em_ci[1]
+
+    @property
+    def usd_significant(self) -> bool:
+        return not self.usd_ci[0] <= 0 <= self.usd_ci[1]
 
 
 def paired_difference(records: Iterable[EvalRecord], pool: Pool, system: str, baseline: str, *,
@@ -239,7 +289,7 @@ def baseline_choice(kind: str, pool: Pool, question_id: str, seed: int) -> str:
     Cheapest and most expensive rank by expected dollars per call (output price x mean completion
     tokens where the pool knows them), which is what a user of the pool would pay.
     """
-    def expected(c: Any) -> float:
+    def expected(c: Candidate) -> float:
         tokens = c.replay.mean_completion_tokens if c.replay else c.max_tokens
         return c.price.output_usd_per_mtok * tokens
 
@@ -257,3 +307,71 @@ def oracle_choice(single: Mapping[str, EvalRecord], pool: Pool) -> str:
     correct = [m for m, r in single.items() if r.em > 0]
     pick_from = correct or list(single)
     return min(pick_from, key=lambda m: (single[m].cost_usd(pool), m))
+
+
+def dominates(a: SystemMetrics, b: SystemMetrics) -> bool:
+    """a has higher EM at lower or equal cost than b."""
+    return a.em > b.em and a.usd_per_question <= b.usd_per_question
+
+
+def comparison_baselines(metrics: Sequence[SystemMetrics]) -> list[str]:
+    """The baselines the router is tested against: the fixed ones, kNN, and every single candidate
+    on the singles' Pareto front (no other single is at least as accurate and as cheap): those are
+    the ones to beat before a router is worth deploying. A single whose averages equal a fixed
+    baseline's (cheapest is one of the singles) is not listed twice."""
+    avg = {m.system: m for m in metrics if m.data_source == "average"}
+    if "router" not in avg:
+        return []
+    fixed = [s for s in (*FIXED_BASELINES, "knn") if s in avg]
+    singles = [m for s, m in avg.items() if s.startswith("single:")]
+    front = [m for m in singles
+             if not any(o.em >= m.em and o.usd_per_question <= m.usd_per_question
+                        and (o.em, o.usd_per_question) != (m.em, m.usd_per_question) for o in singles)]
+    seen = {(avg[s].em, avg[s].usd_per_question) for s in fixed}
+    return fixed + [m.system for m in sorted(front, key=lambda m: m.usd_per_question)
+                    if (m.em, m.usd_per_question) not in seen]
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How the router decoded during the evaluation (recorded with the results)."""
+
+    mode: Literal["greedy", "sampled"]
+    seed: int
+    temperature: float
+    top_p: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the evaluation says about deploying the router, as data (the report words it)."""
+
+    dominates_random: bool       # higher EM than random at lower or equal cost (macro averages)
+    router_em: float
+    router_usd_per_question: float
+    random_em: float
+    random_usd_per_question: float
+    em_vs_random_significant: bool | None   # None when no paired difference against random was computed
+    usd_vs_random_significant: bool | None
+    oracle_em_gap: float         # oracle minus router: how far routing is from the upper bound
+    oracle_usd_gap: float
+    dominated_by: tuple[str, ...]  # systems with higher EM at lower or equal cost (point estimates)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "dominated_by": list(self.dominated_by)}
+
+
+def verdict(metrics: Sequence[SystemMetrics], differences: Sequence[PairedDifference] = ()) -> Verdict | None:
+    """The verdict on the router, or None when the metrics hold no router, random and oracle."""
+    avg = {m.system: m for m in metrics if m.data_source == "average"}
+    if not {"router", "random", "oracle"} <= avg.keys():
+        return None
+    r, rnd, o = avg["router"], avg["random"], avg["oracle"]
+    vs_random = next((d for d in differences if d.system == "router" and d.baseline == "random"), None)
+    return Verdict(
+        dominates_random=dominates(r, rnd), router_em=r.em, router_usd_per_question=r.usd_per_question,
+        random_em=rnd.em, random_usd_per_question=rnd.usd_per_question,
+        em_vs_random_significant=None if vs_random is None else vs_random.em_significant,
+        usd_vs_random_significant=None if vs_random is None else vs_random.usd_significant,
+        oracle_em_gap=o.em - r.em, oracle_usd_gap=o.usd_per_question - r.usd_per_question,
+        dominated_by=tuple(sorted(s for s, m in avg.items() if s != "router" and dominates(m, r))))

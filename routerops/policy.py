@@ -12,10 +12,17 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from routerops.rollout import Generation
-from routerops.tokens import Tokenizer
+from routerops.tokens import Tokenizer, decode_text
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerFast
+
+    class CausalLM(PreTrainedModel, GenerationMixin):
+        """A HuggingFace model that generates (Qwen2ForCausalLM for the local policy)."""
 
 __all__ = [
     "ANSWER_THINK",
@@ -23,6 +30,7 @@ __all__ = [
     "TransformersGenerator",
     "answer_turn",
     "extract_reply_answer",
+    "hf_generate",
     "load_transformers_policy",
     "search_turn",
 ]
@@ -99,18 +107,41 @@ class ScriptedRouter:
         return f"<think>No model could answer.</think>\n<answer> {self.fallback_answer}</answer>"
 
     async def generate(self, prompt_ids: list[int], *, max_new_tokens: int, stop: Sequence[str]) -> Generation:
-        text = self.next_turn(self.tokenizer.decode(prompt_ids, skip_special_tokens=True))
+        text = self.next_turn(decode_text(self.tokenizer, prompt_ids))
         ids = self.tokenizer.encode(text, add_special_tokens=False)
-        finish = "stop" if len(ids) <= max_new_tokens else "length"
+        finish: Literal["stop", "length"] = "stop" if len(ids) <= max_new_tokens else "length"
         return Generation(ids[:max_new_tokens], None, finish)
 
 
-class TransformersGenerator:
-    """A HuggingFace causal LM on CPU. Log-probs are of the sampling distribution at
-    `temperature` before top-p (what an RL learner recomputes); greedy gives temperature 1."""
+def hf_generate(model: CausalLM, tokenizer: PreTrainedTokenizerFast, ids: Tensor, mask: Tensor, *,
+                max_new_tokens: int, greedy: bool, temperature: float, top_p: float, stop: Sequence[str],
+                pad_token_id: int | None) -> tuple[Tensor, Tensor]:
+    """One `generate` call over a left-padded batch: the new token ids (batch, steps) and their
+    log-probs under the sampling distribution at `temperature` before top-p, the quantity an RL
+    learner recomputes (greedy: temperature 1)."""
+    import torch
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-    def __init__(self, model: Any, tokenizer: Any, *, greedy: bool = False, temperature: float = 1.0,
-                 top_p: float = 0.95, seed: int = 0) -> None:
+    # transformers types `generate`'s self with a Protocol written for another checker (ty).
+    out = model.generate(  # type: ignore[misc]
+        input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=not greedy,
+        temperature=None if greedy else temperature, top_p=None if greedy else top_p, top_k=None,
+        stop_strings=list(stop) or None, tokenizer=tokenizer, output_logits=True, return_dict_in_generate=True,
+        pad_token_id=pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if not isinstance(out, GenerateDecoderOnlyOutput) or out.logits is None:
+        raise TypeError(f"generate returned {type(out).__name__} without logits; expected a decoder-only output")
+    # (steps, batch, vocab) -> log-probs of the chosen tokens, (batch, steps)
+    logits = torch.stack(out.logits, dim=0).float() / (1.0 if greedy else temperature)
+    new = out.sequences[:, ids.shape[1]:]
+    chosen = torch.log_softmax(logits, dim=-1).gather(-1, new.T.unsqueeze(-1)).squeeze(-1).T
+    return new, chosen
+
+
+class TransformersGenerator:
+    """A HuggingFace causal LM on CPU, one request at a time (`hf_generate` gives the log-probs)."""
+
+    def __init__(self, model: CausalLM, tokenizer: PreTrainedTokenizerFast, *, greedy: bool = False,
+                 temperature: float = 1.0, top_p: float = 0.95, seed: int = 0) -> None:
         import torch
 
         if temperature <= 0 or not 0 < top_p <= 1:
@@ -130,29 +161,22 @@ class TransformersGenerator:
         with self._lock, torch.no_grad():
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._rng)))
             inp = torch.tensor([prompt_ids], dtype=torch.long)
-            out = self.model.generate(
-                input_ids=inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new_tokens,
-                do_sample=not self.greedy, temperature=None if self.greedy else self.temperature,
-                top_p=None if self.greedy else self.top_p, top_k=None,
-                stop_strings=stop or None, tokenizer=self.tokenizer,
-                output_logits=True, return_dict_in_generate=True,
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-            )
-        new = out.sequences[0, inp.shape[1]:].tolist()
-        temp = 1.0 if self.greedy else self.temperature
-        logprobs = [
-            float(torch.log_softmax(step_logits[0].float() / temp, dim=-1)[tok])
-            for tok, step_logits in zip(new, out.logits, strict=False)
-        ]
+            ids, lps = hf_generate(self.model, self.tokenizer, inp, torch.ones_like(inp),
+                                   max_new_tokens=max_new_tokens, greedy=self.greedy, temperature=self.temperature,
+                                   top_p=self.top_p, stop=stop,
+                                   pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        new: list[int] = ids[0].tolist()
+        logprobs: list[float] = lps[0].tolist()
         eos = self.tokenizer.eos_token_id
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        text = decode_text(self.tokenizer, new)
+        finish: Literal["stop", "length", "eos"]
         if new and eos is not None and new[-1] == eos:
             finish = "eos"
         elif any(s in text for s in stop):
             finish = "stop"
         else:
             finish = "length"
-        return Generation(new, logprobs, finish)  # type: ignore[arg-type]
+        return Generation(new, logprobs, finish)
 
 
 def load_transformers_policy(path: str | Path, **kwargs: Any) -> TransformersGenerator:
@@ -165,4 +189,4 @@ def load_transformers_policy(path: str | Path, **kwargs: Any) -> TransformersGen
     tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True)
     model.eval()
-    return TransformersGenerator(model, tok, **kwargs)
+    return TransformersGenerator(cast("CausalLM", model), cast("PreTrainedTokenizerFast", tok), **kwargs)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import string
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from routerops.pool import Pool
+from routerops.tokens import Tokenizer
 
 __all__ = ["DEFAULT_TEMPLATE", "TemplateError", "apply_chat_template", "build_messages",
            "load_template", "normalize_question", "render_candidates", "render_prompt"]
@@ -115,19 +116,22 @@ def build_messages(question: str, pool: Pool, **kwargs: Any) -> list[dict[str, s
     return [{"role": "user", "content": render_prompt(question, pool, **kwargs)}]
 
 
-class _ChatTokenizer(Protocol):
+@runtime_checkable
+class _Templating(Protocol):
+    """A HuggingFace tokenizer's chat-template side."""
+
     chat_template: Any
 
-    def apply_chat_template(self, conversation: Sequence[dict[str, str]], **kw: Any) -> Any: ...
+    def apply_chat_template(self, conversation: Any, **kw: Any) -> Any: ...
 
 
-def apply_chat_template(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
+def apply_chat_template(tokenizer: Tokenizer, messages: Sequence[dict[str, str]]) -> str:
     """Render messages with the tokenizer's own chat template, ready for generation.
 
     Tokenizers without a chat template (the byte-level tokenizer used by scripted runs) get a
     plain 'role: content' rendering, so one code path serves every policy.
     """
-    if getattr(tokenizer, "chat_template", None):
+    if isinstance(tokenizer, _Templating) and tokenizer.chat_template:
         return str(tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True))
     body = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
     return body + "<|assistant|>\n"

@@ -12,9 +12,10 @@ import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 from routerops.pool import Pool
+from routerops.tokens import Tokenizer, decode_text
 
 __all__ = [
     "Action",
@@ -148,12 +149,6 @@ def parse_turn(text: str, pool: Pool) -> Action:
 # ---------------------------------------------------------------------------------------------
 
 
-class TokenCodec(Protocol):
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = ...) -> str: ...
-
-
 def sanitize_reply(text: str) -> str:
     """Neutralise protocol tags a candidate wrote, so its reply can never close the block early,
     inject an answer, or be mistaken for the policy's own tags: `<answer>` becomes `[answer]`."""
@@ -164,7 +159,7 @@ OBS_PREFIX = "\n\n<information>"
 OBS_SUFFIX = "</information>\n\n"
 
 
-def render_observation(reply: str | None, codec: TokenCodec | None = None, max_tokens: int | None = None) -> str:
+def render_observation(reply: str | None, codec: Tokenizer | None = None, max_tokens: int | None = None) -> str:
     """Wrap a candidate reply as an information block.
 
     The inner text (not the tags) is truncated to `max_tokens` tokens of `codec`, so the closing
@@ -179,7 +174,7 @@ def render_observation(reply: str | None, codec: TokenCodec | None = None, max_t
         ids = codec.encode(inner, add_special_tokens=False)
         if len(ids) > max_tokens:
             # Decoding a prefix can end in half a multi-byte character; drop the replacement char.
-            inner = codec.decode(ids[:max_tokens], skip_special_tokens=True).rstrip("\ufffd")
+            inner = decode_text(codec, ids[:max_tokens]).rstrip("\ufffd")
     return f"{OBS_PREFIX}{inner}{OBS_SUFFIX}"
 
 
@@ -382,9 +377,10 @@ def check_format(response: str | Sequence[Segment], pool: Pool) -> FormatResult:
         if any(e.kind != "text" or e.text.strip() for e in trailing):
             add(ViolationCode.TEXT_AFTER_ANSWER, "content after the final </answer>")
     # Keep one violation per code, in order of first appearance.
-    seen: set[ViolationCode] = set()
-    unique = tuple(v for v in found if not (v.code in seen or seen.add(v.code)))
-    return FormatResult(unique)
+    by_code: dict[ViolationCode, Violation] = {}
+    for v in found:
+        by_code.setdefault(v.code, v)
+    return FormatResult(tuple(by_code.values()))
 
 
 def extract_answer(response: str | Sequence[Segment]) -> str | None:

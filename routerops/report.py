@@ -6,17 +6,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from routerops.evaluation import PAPER, PAPER_NQ_COST_MICRO_USD, PairedDifference, SystemMetrics
+from routerops.evaluation import (
+    FIXED_BASELINES,
+    PAPER,
+    PAPER_NQ_COST_MICRO_USD,
+    Decoding,
+    PairedDifference,
+    SystemMetrics,
+    Verdict,
+)
 from routerops.pool import Pool
 
-__all__ = ["dominates", "pareto_figure", "pareto_plot", "render_report"]
+__all__ = ["pareto_figure", "pareto_plot", "render_report", "render_summary"]
 
 BENCHMARKS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")
-
-
-def dominates(a: SystemMetrics, b: SystemMetrics) -> bool:
-    """a has higher EM at lower or equal cost than b."""
-    return a.em > b.em and a.usd_per_question <= b.usd_per_question
 
 
 def pareto_plot(metrics: Sequence[SystemMetrics], path: Path, title: str = "EM vs cost") -> Path:
@@ -102,10 +105,10 @@ def _annotate(ax: Any, text: str, x: float, y: float, gap: float, slot: tuple[fl
 
 
 def _significance(d: PairedDifference) -> str:
-    def verdict(lo: float, hi: float, what: str) -> str:
-        return f"the {what} difference is {'not ' if lo <= 0 <= hi else ''}significant"
-    return (f"At {d.confidence:.0%} (paired bootstrap) {verdict(*d.em_ci, 'EM')} "
-            f"({d.em_ci[0]:+.3f} .. {d.em_ci[1]:+.3f}) and {verdict(*d.usd_ci, 'cost')} "
+    def words(significant: bool, what: str) -> str:
+        return f"the {what} difference is {'' if significant else 'not '}significant"
+    return (f"At {d.confidence:.0%} (paired bootstrap) {words(d.em_significant, 'EM')} "
+            f"({d.em_ci[0]:+.3f} .. {d.em_ci[1]:+.3f}) and {words(d.usd_significant, 'cost')} "
             f"({d.usd_ci[0] * 1e6:+.1f} .. {d.usd_ci[1] * 1e6:+.1f} micro-USD).")
 
 
@@ -113,30 +116,68 @@ def _row(cells: Sequence[Any]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def render_report(metrics: Sequence[SystemMetrics], pool: Pool, decoding: Mapping[str, Any],
-                  replay: Mapping[str, Any], plot: str | None = None,
-                  differences: Sequence[PairedDifference] = ()) -> str:
+def _averages(metrics: Sequence[SystemMetrics], pool: Pool, decoding: Decoding,
+              replay: Mapping[str, Any]) -> list[str]:
     avg = {m.system: m for m in metrics if m.data_source == "average"}
-    per = {(m.system, m.data_source): m for m in metrics if m.data_source != "average"}
-    benches = [b for b in BENCHMARKS if any(k[1] == b for k in per)]
     lines = [f"# Router evaluation (pool {pool.pricing.label}, snapshot {pool.snapshot_id})", "",
-             f"Decoding: {decoding.get('mode')} (seed {decoding.get('seed')}). "
+             f"Decoding: {decoding.mode} (seed {decoding.seed}). "
              f"Candidate replies: {replay.get('replayed_from_recorded', 0)} of {replay.get('calls', 0)} calls "
              f"replayed from recorded scores, {replay.get('drawn_from_priors', 0)} drawn from priors.", "",
              "## Averages (macro over benchmarks)", "",
              _row(["system", "EM", "F1", "format-valid", "micro-USD / question", "calls / question",
                    "p50 / p95 latency (s)", "candidate failures"]),
              _row(["---"] * 8)]
-    order = ["router", "knn", "oracle", "random", "cheapest", "most_expensive",
-             *sorted(s for s in avg if s.startswith("single:"))]
+    order = ["router", "knn", "oracle", *FIXED_BASELINES, *sorted(s for s in avg if s.startswith("single:"))]
     for s in [s for s in order if s in avg]:
         m = avg[s]
         lines.append(_row([s, f"{m.em:.3f}", f"{m.f1:.3f}", f"{m.format_valid:.3f}", f"{m.usd_per_question * 1e6:.1f}",
                            f"{m.calls_per_question:.2f}", f"{m.latency_p50_s:.3f} / {m.latency_p95_s:.3f}",
                            m.candidate_failures]))
-    lines += ["", "## Exact match per benchmark (ours, then Router-R1's paper numbers, labelled)", "",
+    return [*lines, ""]
+
+
+def _verdict_lines(v: Verdict | None, differences: Sequence[PairedDifference]) -> list[str]:
+    if v is None:
+        return []
+    line = (f"The router {'dominates' if v.dominates_random else 'does NOT dominate'} the random baseline "
+            f"(EM {v.router_em:.3f} vs {v.random_em:.3f}, {v.router_usd_per_question * 1e6:.1f} vs "
+            f"{v.random_usd_per_question * 1e6:.1f} micro-USD).")
+    vs_random = next((d for d in differences if d.baseline == "random"), None)
+    if vs_random is not None:
+        line += " " + _significance(vs_random)
+    return [line, f"Distance from the oracle (an upper bound): EM {v.oracle_em_gap:+.3f}, "
+                  f"cost {v.oracle_usd_gap * 1e6:+.1f} micro-USD per question.", ""]
+
+
+def _differences(differences: Sequence[PairedDifference]) -> list[str]:
+    if not differences:
+        return []
+    level = f"{differences[0].confidence:.0%}"
+    lines = [f"## Router minus each baseline (paired bootstrap, {level} intervals)", "",
+             f"Same questions for both; {differences[0].samples} resamples drawn within each benchmark. "
+             "An interval that contains 0 means the data cannot tell the two apart.", "",
+             _row(["baseline", "questions", "EM difference", f"{level} interval", "micro-USD difference",
+                   f"{level} interval"]),
+             _row(["---"] * 6)]
+    for d in differences:
+        lines.append(_row([d.baseline, d.questions, f"{d.em:+.3f}", f"{d.em_ci[0]:+.3f} .. {d.em_ci[1]:+.3f}",
+                           f"{d.usd_per_question * 1e6:+.1f}",
+                           f"{d.usd_ci[0] * 1e6:+.1f} .. {d.usd_ci[1] * 1e6:+.1f}"]))
+    return [*lines, ""]
+
+
+def render_report(metrics: Sequence[SystemMetrics], pool: Pool, decoding: Decoding, replay: Mapping[str, Any],
+                  plot: str | None = None, differences: Sequence[PairedDifference] = (),
+                  verdict: Verdict | None = None) -> str:
+    """The full report: averages, EM per benchmark beside the paper's, call share, verdict,
+    router-minus-baseline intervals, the plot."""
+    avg = {m.system: m for m in metrics if m.data_source == "average"}
+    per = {(m.system, m.data_source): m for m in metrics if m.data_source != "average"}
+    benches = [b for b in BENCHMARKS if any(k[1] == b for k in per)]
+    lines = _averages(metrics, pool, decoding, replay)
+    lines += ["## Exact match per benchmark (ours, then Router-R1's paper numbers, labelled)", "",
               _row(["system", *benches, "avg"]), _row(["---"] * (len(benches) + 2))]
-    for s in [s for s in ["router", "knn", "oracle", "random", "cheapest", "most_expensive"] if s in avg]:
+    for s in [s for s in ["router", "knn", "oracle", *FIXED_BASELINES] if s in avg]:
         lines.append(_row([s, *(f"{per[(s, b)].em:.3f}" if (s, b) in per else "" for b in benches),
                            f"{avg[s].em:.3f}"]))
     for name, row in PAPER.items():
@@ -147,36 +188,18 @@ def render_report(metrics: Sequence[SystemMetrics], pool: Pool, decoding: Mappin
     lines += ["", "Router-R1's NQ cost (paper, micro-USD per question): "
               + ", ".join(f"{k}: {v}" for k, v in PAPER_NQ_COST_MICRO_USD.items()) + ".", ""]
     if "router" in avg:
-        r = avg["router"]
         lines += ["## Router call share", "", _row(["model", "share"]), _row(["---", "---"])]
-        lines += [_row([k, f"{v:.3f}"]) for k, v in r.call_share.items()]
+        lines += [_row([k, f"{v:.3f}"]) for k, v in avg["router"].call_share.items()]
         lines.append("")
-        diffs = {d.baseline: d for d in differences}
-        if "random" in avg:
-            verdict = "dominates" if dominates(r, avg["random"]) else "does NOT dominate"
-            line = (f"The router {verdict} the random baseline (EM {r.em:.3f} vs {avg['random'].em:.3f}, "
-                    f"{r.usd_per_question * 1e6:.1f} vs {avg['random'].usd_per_question * 1e6:.1f} micro-USD).")
-            if "random" in diffs:
-                line += " " + _significance(diffs["random"])
-            lines.append(line)
-        if "oracle" in avg:
-            o = avg["oracle"]
-            lines.append(f"Distance from the oracle (an upper bound): EM {o.em - r.em:+.3f}, "
-                         f"cost {(o.usd_per_question - r.usd_per_question) * 1e6:+.1f} micro-USD per question.")
-        lines.append("")
-    if differences:
-        level = f"{differences[0].confidence:.0%}"
-        lines += [f"## Router minus each baseline (paired bootstrap, {level} intervals)", "",
-                  f"Same questions for both; {differences[0].samples} resamples drawn within each benchmark. "
-                  "An interval that contains 0 means the data cannot tell the two apart.", "",
-                  _row(["baseline", "questions", "EM difference", f"{level} interval", "micro-USD difference",
-                        f"{level} interval"]),
-                  _row(["---"] * 6)]
-        for d in differences:
-            lines.append(_row([d.baseline, d.questions, f"{d.em:+.3f}", f"{d.em_ci[0]:+.3f} .. {d.em_ci[1]:+.3f}",
-                               f"{d.usd_per_question * 1e6:+.1f}",
-                               f"{d.usd_ci[0] * 1e6:+.1f} .. {d.usd_ci[1] * 1e6:+.1f}"]))
-        lines.append("")
+        lines += _verdict_lines(verdict, differences)
+    lines += _differences(differences)
     if plot:
         lines += [f"![EM against cost]({plot})", ""]
     return "\n".join(lines)
+
+
+def render_summary(metrics: Sequence[SystemMetrics], pool: Pool, decoding: Decoding, replay: Mapping[str, Any],
+                   differences: Sequence[PairedDifference] = (), verdict: Verdict | None = None) -> str:
+    """The short form that answers "should I deploy this router?": averages, verdict, intervals."""
+    return "\n".join(_averages(metrics, pool, decoding, replay) + _verdict_lines(verdict, differences)
+                     + _differences(differences))

@@ -14,7 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from routerops.candidates.types import CallContext, CandidateBackend, CandidateReply, QuestionInfo
+from routerops.candidates.budget import Budget
+from routerops.candidates.types import (
+    REPLY_ORIGINS,
+    CallContext,
+    CallOrigin,
+    CandidateBackend,
+    CandidateReply,
+    FailureKind,
+    QuestionInfo,
+)
 from routerops.pool import Pool
 from routerops.protocol import (
     OBS_PREFIX,
@@ -31,13 +40,14 @@ from routerops.protocol import (
     render_observation,
 )
 from routerops.rewards import CallUsage
-from routerops.tokens import Tokenizer
+from routerops.tokens import Tokenizer, decode_text
 
 __all__ = [
     "CallRecord",
     "Generation",
     "PromptTooLong",
     "RolloutLimits",
+    "StopReason",
     "TokenGenerator",
     "Trajectory",
     "run_episode",
@@ -46,16 +56,21 @@ __all__ = [
 
 STOP_STRINGS = ("</search>", "</answer>")
 
+# Why an episode ended: an answer; end of sequence or the turn's token cap without an action; a
+# turn that hit a stop string without a parsable action; the answer-only turn without an answer;
+# no room left in the context.
+StopReason = Literal["answer", "eos", "length", "no_action", "max_turns", "context_full"]
+
 
 @dataclass(frozen=True)
 class RolloutLimits:
-    """Router-R1's limits by default (tokens are the policy tokenizer's)."""
+    """Episode limits in policy tokens (params `rollout`, built by `RolloutParams.limits()`)."""
 
-    max_turns: int = 4                 # routing turns; one answer-only turn follows
-    max_tokens_per_turn: int = 1024
-    max_obs_tokens: int = 600          # inner text of one information block
-    max_prompt_tokens: int = 2048
-    max_context_tokens: int = 4096     # prompt + everything appended
+    max_turns: int             # routing turns; one answer-only turn follows
+    max_tokens_per_turn: int
+    max_obs_tokens: int        # inner text of one information block
+    max_prompt_tokens: int
+    max_context_tokens: int    # prompt + everything appended
 
     def __post_init__(self) -> None:
         for name in ("max_turns", "max_tokens_per_turn", "max_obs_tokens", "max_prompt_tokens", "max_context_tokens"):
@@ -86,18 +101,25 @@ class PromptTooLong(ValueError):
 
 @dataclass(frozen=True)
 class CallRecord:
+    """One routing action of an episode: a call that replied, failed, or named no known model."""
+
     turn: int
-    model: str
+    model: str  # the pool name, or what the router wrote when it named no pool model
     query: str
-    ok: bool
     reply: str | None
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
-    origin: str
+    origin: CallOrigin
     latency_s: float
     attempts: int
-    failure: str | None = None
+    failure: FailureKind | None = None  # set exactly when origin is FAILED
+    failure_detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """A reply came back (and was charged)."""
+        return self.origin in REPLY_ORIGINS
 
     def usage(self) -> CallUsage:
         return CallUsage(self.model, self.completion_tokens, self.prompt_tokens)
@@ -114,7 +136,7 @@ class Trajectory:
     calls: list[CallRecord] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     turns: int = 0
-    stop_reason: str = ""
+    stop_reason: StopReason | None = None  # set when the episode ends
 
     @property
     def answer(self) -> str | None:
@@ -145,13 +167,13 @@ class Trajectory:
 
 def _truncate_at_stop(ids: list[int], tokenizer: Tokenizer, stops: Sequence[str]) -> tuple[int, bool]:
     """Smallest prefix length whose text contains a stop string (binary search on decodes)."""
-    full = tokenizer.decode(ids, skip_special_tokens=True)
+    full = decode_text(tokenizer, ids)
     if not any(s in full for s in stops):
         return len(ids), False
     lo, hi = 1, len(ids)
     while lo < hi:
         mid = (lo + hi) // 2
-        if any(s in tokenizer.decode(ids[:mid], skip_special_tokens=True) for s in stops):
+        if any(s in decode_text(tokenizer, ids[:mid]) for s in stops):
             hi = mid
         else:
             lo = mid + 1
@@ -178,8 +200,8 @@ async def run_episode(
     tokenizer: Tokenizer,
     pool: Pool,
     backend: CandidateBackend,
-    limits: RolloutLimits = RolloutLimits(),
-    budget: object | None = None,
+    limits: RolloutLimits,
+    budget: Budget | None = None,
 ) -> Trajectory:
     if len(prompt_ids) > limits.max_prompt_tokens:
         raise PromptTooLong(question.id, len(prompt_ids), limits.max_prompt_tokens)
@@ -203,8 +225,9 @@ async def run_episode(
         ids = ids[:cut]
         lps = list(gen.logprobs)[:cut] if gen.logprobs is not None else None
         traj.turns = turn + 1
-        traj._append(ids, 1, lps, tokenizer.decode(ids, skip_special_tokens=True))
-        action = parse_turn(tokenizer.decode(ids, skip_special_tokens=True), pool) if ids else NoAction()
+        text = decode_text(tokenizer, ids)
+        traj._append(ids, 1, lps, text)
+        action = parse_turn(text, pool) if ids else NoAction()
         traj.actions.append(_describe(action))
 
         if isinstance(action, Answer):
@@ -227,8 +250,8 @@ async def run_episode(
             break
         if isinstance(action, UnknownModel):
             reply_text: str | None = None
-            traj.calls.append(CallRecord(turn, action.written_name, action.query, False, None, 0, 0, 0.0,
-                                         "unknown_model", 0.0, 0, "unknown_model"))
+            traj.calls.append(CallRecord(turn, action.written_name, action.query, None, 0, 0, 0.0,
+                                         CallOrigin.UNKNOWN_MODEL, 0.0, 0))
         else:
             assert isinstance(action, Route)
             cand = pool.get(action.model)
@@ -236,27 +259,25 @@ async def run_episode(
             if isinstance(result, CandidateReply):
                 reply_text = result.text
                 traj.calls.append(CallRecord(
-                    turn, cand.name, action.query, True, result.text, result.prompt_tokens,
+                    turn, cand.name, action.query, result.text, result.prompt_tokens,
                     result.completion_tokens, cand.cost_usd(result.completion_tokens, result.prompt_tokens),
                     result.origin, result.latency_s, result.attempts))
             else:
                 reply_text = None  # the policy sees 'None', as for an unknown model; cost 0
                 traj.calls.append(CallRecord(
-                    turn, cand.name, action.query, False, None, 0, 0, 0.0, "failure",
-                    result.latency_s, result.attempts, f"{result.kind.value}: {result.detail}"))
+                    turn, cand.name, action.query, None, 0, 0, 0.0, CallOrigin.FAILED,
+                    result.latency_s, result.attempts, result.kind, result.detail))
         obs = render_observation(reply_text, tokenizer, min(limits.max_obs_tokens, obs_room))
         obs_ids = tokenizer.encode(obs, add_special_tokens=False)
         traj._append(obs_ids, 0, None, obs)
-    else:
-        traj.stop_reason = traj.stop_reason or "max_turns"
-    return traj
+    return traj  # every way through the last turn sets stop_reason
 
 
 async def run_episodes(
     items: Sequence[tuple[QuestionInfo, Sequence[int]]],
     *,
     concurrency: int = 16,
-    budgets: Sequence[object | None] | None = None,
+    budgets: Sequence[Budget | None] | None = None,
     **kwargs: object,
 ) -> list[Trajectory]:
     """Run many episodes concurrently (candidate calls overlap); results keep input order.

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from routerops.candidates.budget import RequestBudget, RunBudget
 from routerops.candidates.cache import CachedBackend, ResponseCache
@@ -17,13 +16,17 @@ from routerops.candidates.client import ClientConfig, OpenAIChatClient
 from routerops.candidates.replay import QualityMatrix, ReplayPool
 from routerops.candidates.types import CandidateBackend, QuestionInfo
 from routerops.config import CandidatesParams, Params
-from routerops.paths import project_root, shared_data_dir
+from routerops.paths import project_root
 from routerops.pool import Pool
 from routerops.prompt import apply_chat_template, build_messages, load_template
-from routerops.rollout import TokenGenerator, Trajectory, run_episodes
+from routerops.rollout import RolloutLimits, TokenGenerator, Trajectory, run_episodes
 from routerops.tokens import Tokenizer
 
-__all__ = ["Backends", "build_backend", "encode_prompt", "route_questions"]
+__all__ = ["Backends", "build_backend", "client_config", "encode_prompt", "prompt_template", "replay_pool",
+           "route_questions", "router_messages"]
+
+# Where the replay pool's quality matrix sits inside a raw data snapshot (data/ or ../shared/data).
+MATRIX_DIR = "pool"
 
 
 @dataclass
@@ -35,6 +38,10 @@ class Backends:
     replay: ReplayPool | None = None
     client: OpenAIChatClient | None = None
     cache: ResponseCache | None = None
+
+    def request_budget(self, limit_usd: float | None) -> RequestBudget:
+        """A budget for one episode, charged to this run's budget too."""
+        return RequestBudget(limit_usd, self.run_budget)
 
     async def aclose(self) -> None:
         if self.client is not None:
@@ -51,15 +58,26 @@ def client_config(p: CandidatesParams, include_prompt_cost: bool = False) -> Cli
     )
 
 
-def build_backend(p: CandidatesParams, *, distractor_questions: Iterable[QuestionInfo] = (),
-                  data_dir: Path | None = None, include_prompt_cost: bool = False,
-                  base_url: str | None = None, api_key: str | None = None) -> Backends:
+def replay_pool(p: CandidatesParams, data_dir: Path, distractor_questions: Iterable[QuestionInfo] = ()) -> ReplayPool:
+    """The offline replay pool over the quality matrix of the raw snapshot `data_dir`.
+
+    Wrong replies state answers of `distractor_questions` (of the same source); with none given,
+    the matrix's own questions serve.
+    """
+    matrix = QualityMatrix.load(data_dir / MATRIX_DIR)
+    questions = list(distractor_questions) or list(matrix.questions.values())
+    return ReplayPool(matrix, ReplayPool.distractors_from(questions), seed=p.replay_seed,
+                      decline_share=p.replay_decline_share, calibrate=p.replay_calibrate)
+
+
+def build_backend(p: CandidatesParams, *, data_dir: Path, distractor_questions: Iterable[QuestionInfo] = (),
+                  include_prompt_cost: bool = False, base_url: str | None = None,
+                  api_key: str | None = None) -> Backends:
+    """The candidate backend `p.backend` names: the replay pool over `data_dir`, or the HTTP
+    client (behind the response cache unless `p.cache_path` is null)."""
     run_budget = RunBudget(p.run_budget_usd)
     if p.backend == "replay":
-        matrix = QualityMatrix.load((data_dir or shared_data_dir()) / "pool")
-        questions = list(distractor_questions) or list(matrix.questions.values())
-        replay = ReplayPool(matrix, ReplayPool.distractors_from(questions), seed=p.replay_seed,
-                            decline_share=p.replay_decline_share, calibrate=p.replay_calibrate)
+        replay = replay_pool(p, data_dir, distractor_questions)
         return Backends(replay, run_budget, replay=replay)
     client = OpenAIChatClient(client_config(p, include_prompt_cost), base_url=base_url, api_key=api_key)
     if p.cache_path is None:
@@ -83,15 +101,16 @@ def router_messages(question: str, pool: Pool, params: Params) -> list[dict[str,
                           show_prices=params.prompt.show_prices, template=prompt_template(params))
 
 
-def encode_prompt(question: str, pool: Pool, tokenizer: Any, params: Params) -> list[int]:
+def encode_prompt(question: str, pool: Pool, tokenizer: Tokenizer, params: Params) -> list[int]:
     text = apply_chat_template(tokenizer, router_messages(question, pool, params))
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-async def route_questions(questions: Sequence[QuestionInfo], *, params: Params, pool: Pool, tokenizer: Tokenizer,
-                          generator: TokenGenerator, backends: Backends) -> list[Trajectory]:
+async def route_questions(questions: Sequence[QuestionInfo], *, params: Params, pool: Pool,
+                          tokenizer: Tokenizer, generator: TokenGenerator, backends: Backends,
+                          limits: RolloutLimits) -> list[Trajectory]:
     """Answer questions with the router: prompts from params, one request budget per episode."""
     items = [(q, encode_prompt(q.text, pool, tokenizer, params)) for q in questions]
-    budgets = [RequestBudget(params.candidates.request_budget_usd, backends.run_budget) for _ in questions]
+    budgets = [backends.request_budget(params.candidates.request_budget_usd) for _ in questions]
     return await run_episodes(items, concurrency=params.rollout.concurrency, budgets=budgets, generator=generator,
-                              tokenizer=tokenizer, pool=pool, backend=backends.backend, limits=params.rollout.limits())
+                              tokenizer=tokenizer, pool=pool, backend=backends.backend, limits=limits)

@@ -3,7 +3,8 @@
 `python -m stages.build_dataset`. Reads the raw files listed in params `build_dataset.inputs`,
 drops train/validation rows whose question appears in any evaluation set (and repeats within a
 split), samples per source and split with a seed, renders prompts from the pool, and writes
-everything atomically: a failed run leaves the previous outputs untouched.
+everything atomically: a failed run leaves the previous outputs untouched. The data card goes
+to the metrics file and, in words, to `summary.md` beside the parquet files.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import statistics
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,14 +20,24 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from routerops.config import BuildDatasetParams, Params, load_params
-from routerops.datasets import CanonicalRow, DatasetFileError, LoadReport, dedup_key, load_file, sample_rows
+from routerops.config import Params, load_params
+from routerops.datasets import (
+    SPLITS,
+    CanonicalRow,
+    DatasetFileError,
+    LoadReport,
+    Split,
+    dedup_key,
+    load_file,
+    sample_rows,
+)
 from routerops.io import atomic_dir, write_json_atomic
-from routerops.paths import default_pool_file, project_root
-from routerops.pool import Pool, load_pool
+from routerops.paths import default_params_file, default_pool_file, project_root
+from routerops.pool import Pool, PoolError, load_pool
+from routerops.rl_dataset import RL_DIR, verl_row
 from routerops.runtime import router_messages
 
-SPLITS = ("train", "validation", "test")
+__all__ = ["Inputs", "Outputs", "main", "run", "summary_markdown", "write"]
 
 
 @dataclass(frozen=True)
@@ -33,22 +45,28 @@ class Inputs:
     pool: Pool
     raw_dir: Path
 
+    @classmethod
+    def of_project(cls, root: Path, params: Params) -> Inputs:
+        return cls(load_pool(default_pool_file()), root / params.build_dataset.raw_dir)
+
 
 @dataclass(frozen=True)
 class Outputs:
-    rl: dict[str, list[dict[str, Any]]]  # split -> verl rows
+    rl: Mapping[Split, list[dict[str, Any]]]  # split -> verl rows
     canonical: list[dict[str, Any]]
-    card: dict[str, Any]
+    card: dict[str, Any]  # metrics/data_card.json
+    summary: str  # summary.md: the card in words
 
 
-def _dedup(rows_by_split: dict[str, list[CanonicalRow]]) -> tuple[dict[str, list[CanonicalRow]], dict[str, Any]]:
+def _dedup(rows_by_split: Mapping[Split, list[CanonicalRow]]) -> tuple[dict[Split, list[CanonicalRow]], dict[str, Any]]:
     """Evaluation questions are the reference: validation loses rows seen in test, train loses
     rows seen in test or validation, and every split loses repeats within itself."""
-    removed: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
+    removed: dict[Split, Counter[str]] = {s: Counter() for s in SPLITS}
     eval_keys = {dedup_key(r.question) for r in rows_by_split["test"]}
     reference: set[str] = set(eval_keys)
-    out: dict[str, list[CanonicalRow]] = {}
-    for split in ("test", "validation", "train"):
+    out: dict[Split, list[CanonicalRow]] = {}
+    order: tuple[Split, ...] = ("test", "validation", "train")
+    for split in order:
         seen: set[str] = set()
         kept = []
         for r in rows_by_split[split]:
@@ -68,20 +86,6 @@ def _dedup(rows_by_split: dict[str, list[CanonicalRow]]) -> tuple[dict[str, list
     return out, {s: dict(sorted(c.items())) for s, c in removed.items()}
 
 
-def _verl_row(row: CanonicalRow, index: int, params: Params, pool: Pool) -> dict[str, Any]:
-    bp = params.require("build_dataset")
-    messages = router_messages(row.question, pool, params)
-    return {
-        "data_source": row.data_source,
-        "prompt": messages,
-        "ability": bp.ability,
-        "reward_model": {"style": "rule", "ground_truth": list(row.golden_answers)},
-        "extra_info": {"index": index, "split": row.split, "id": row.id, "agent_name": bp.agent_name,
-                       "question": row.question},
-        "agent_name": bp.agent_name,
-    }
-
-
 def _answer_stats(rows: list[CanonicalRow]) -> dict[str, float]:
     if not rows:
         return {"rows": 0}
@@ -92,11 +96,23 @@ def _answer_stats(rows: list[CanonicalRow]) -> dict[str, float]:
             "question_chars_mean": round(statistics.fmean(len(r.question) for r in rows), 2)}
 
 
+def summary_markdown(card: Mapping[str, Any]) -> str:
+    """The data card in words: rows per split and source, duplicates removed, rows rejected."""
+    lines = ["# Dataset", "", "| split | rows per source |", "|---|---|"]
+    for split, counts in card["rows"].items():
+        lines.append(f"| {split} | {', '.join(f'{k} {v}' for k, v in counts.items())} |")
+    removed = sum(n for split in card["duplicates_removed"].values() for n in split.values())
+    rejected = sum(n for f in card["files"].values() for n in f["rejected"].values())
+    lines += ["", f"Duplicates removed: {removed}; raw rows rejected: {rejected}; "
+              f"pool snapshot {card['pool_snapshot']}.", ""]
+    return "\n".join(lines)
+
+
 def run(params: Params, inputs: Inputs) -> Outputs:
-    bp: BuildDatasetParams = params.require("build_dataset")
+    bp = params.build_dataset
     sizes = bp.sizes_for(params.profile)
 
-    loaded: dict[str, list[CanonicalRow]] = {s: [] for s in SPLITS}
+    loaded: dict[Split, list[CanonicalRow]] = {s: [] for s in SPLITS}
     reports: list[LoadReport] = []
     seen_ids: set[str] = set()
     for spec in bp.inputs_for(params.profile):
@@ -107,12 +123,13 @@ def run(params: Params, inputs: Inputs) -> Outputs:
     clean, removed = _dedup(loaded)
     sampled = {split: sample_rows(clean[split], sizes.get(split, {}), bp.seed, split) for split in SPLITS}
 
-    rl: dict[str, list[dict[str, Any]]] = {}
+    rl: dict[Split, list[dict[str, Any]]] = {}
     index = 0
     for split in SPLITS:
         rl[split] = []
         for row in sampled[split]:
-            rl[split].append(_verl_row(row, index, params, inputs.pool))
+            rl[split].append(verl_row(row, index, router_messages(row.question, inputs.pool, params),
+                                      ability=bp.ability, agent_name=bp.agent_name))
             index += 1
     canonical = [r.as_dict() for split in SPLITS for r in sampled[split]]
 
@@ -134,28 +151,30 @@ def run(params: Params, inputs: Inputs) -> Outputs:
             for rep in reports},
         "answers": {split: _answer_stats(sampled[split]) for split in SPLITS},
     }
-    return Outputs(rl, canonical, card)
+    return Outputs(rl, canonical, card, summary_markdown(card))
 
 
 def write(out: Outputs, out_dir: Path, card_path: Path) -> None:
-    """Parquet outputs into one atomically swapped directory; the data card after it."""
+    """Parquet outputs and the summary into one atomically swapped directory; the card after it."""
     with atomic_dir(out_dir) as tmp:
-        (tmp / "rl").mkdir()
+        (tmp / RL_DIR).mkdir()
         for split, rows in out.rl.items():
-            pq.write_table(pa.Table.from_pylist(rows), tmp / "rl" / f"{split}.parquet")
+            pq.write_table(pa.Table.from_pylist(rows), tmp / RL_DIR / f"{split}.parquet")
         pq.write_table(pa.Table.from_pylist(out.canonical), tmp / "canonical.parquet")
+        (tmp / "summary.md").write_text(out.summary)
     write_json_atomic(card_path, out.card)
 
 
 def main() -> None:
-    params = load_params(project_root() / "params.yaml")
-    bp = params.require("build_dataset")
+    root = project_root()
+    params = load_params(default_params_file())
+    bp = params.build_dataset
     try:
-        out = run(params, Inputs(load_pool(default_pool_file()), project_root() / bp.raw_dir))
-    except (DatasetFileError, ValueError) as exc:
+        out = run(params, Inputs.of_project(root, params))
+    except (DatasetFileError, PoolError, ValueError) as exc:
         sys.stderr.write(f"build_dataset: {exc}\n")
         raise SystemExit(1) from None
-    write(out, project_root() / bp.out_dir, project_root() / bp.data_card)
+    write(out, root / bp.out_dir, root / bp.data_card)
     rows = out.card["rows"]
     sys.stdout.write(f"build_dataset: {sum(len(v) for v in out.rl.values())} rows "
                      f"({', '.join(f'{s}: {sum(rows[s].values())}' for s in SPLITS)}) -> {bp.out_dir}\n")

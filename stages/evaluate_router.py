@@ -4,8 +4,9 @@
 from params, recorded with the results), each single candidate called once, random, cheapest,
 most expensive, the oracle (cheapest candidate that answers correctly; an upper bound) and a kNN
 router over sentence embeddings fitted on the train split. Writes per-question trajectories
-(parquet), metrics (DVC metrics), a markdown report and a Pareto plot. Candidate failures are
-counted, never fatal. `routerops eval reprice --pool NEW.yaml` re-costs it all with no call.
+(parquet), metrics with the verdict (DVC metrics), a markdown report, a short summary and a
+Pareto plot. Candidate failures are counted, never fatal. `routerops eval reprice --pool NEW.yaml`
+re-costs it all with no call.
 """
 
 from __future__ import annotations
@@ -21,31 +22,40 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from routerops.candidates.budget import RequestBudget
+from routerops.candidates.replay import ReplayStats
 from routerops.candidates.types import CallContext, CandidateBackend, CandidateReply, QuestionInfo
-from routerops.config import EvaluateRouterParams, Params, load_params
+from routerops.config import Params, load_params
 from routerops.evaluation import (
+    FIXED_BASELINES,
     Call,
+    Decoding,
     EvalRecord,
+    PairedDifference,
     SystemMetrics,
+    Verdict,
     aggregate,
     baseline_choice,
+    comparison_baselines,
     oracle_choice,
     paired_difference,
+    verdict,
 )
 from routerops.io import atomic_dir, write_json_atomic
-from routerops.paths import default_pool_file, project_root
+from routerops.paths import default_params_file, default_pool_file, project_root
 from routerops.policy import extract_reply_answer
 from routerops.policy_server import CompletionsPolicy, PolicyServerConfig
 from routerops.pool import Pool, load_pool
+from routerops.progress import progress
 from routerops.protocol import check_format
-from routerops.report import pareto_plot, render_report
-from routerops.rollout import RolloutLimits, Trajectory, run_episode
+from routerops.report import pareto_plot, render_report, render_summary
+from routerops.rl_dataset import read_questions
+from routerops.rollout import TokenGenerator, run_episode
 from routerops.runtime import Backends, build_backend, encode_prompt
+from routerops.tokens import Tokenizer
 
-BASELINES = ("random", "cheapest", "most_expensive")
+__all__ = ["Inputs", "Outputs", "main", "policy_generator", "run", "single_calls", "write"]
 
 
 @dataclass(frozen=True)
@@ -55,25 +65,28 @@ class Inputs:
     router_dir: Path
     data_dir: Path  # the raw snapshot (replay matrix under pool/)
 
+    @classmethod
+    def of_project(cls, root: Path, params: Params) -> Inputs:
+        return cls(load_pool(default_pool_file()), root / params.build_dataset.out_dir,
+                   root / params.train_router.out_dir, root / params.build_dataset.raw_dir)
 
-def questions_of(path: Path) -> list[QuestionInfo]:
-    rows = pq.read_table(path).to_pylist()
-    return [QuestionInfo(r["extra_info"]["id"], r["extra_info"]["question"], r["data_source"],
-                         tuple(r["reward_model"]["ground_truth"])) for r in rows]
 
-
-def _call(result: Any) -> Call:
-    if isinstance(result, CandidateReply):
-        return Call(result.model, True, result.completion_tokens, result.prompt_tokens, result.latency_s,
-                    None, result.origin)
-    return Call(result.model, False, 0, 0, result.latency_s, f"{result.kind.value}: {result.detail}", "failure")
+@dataclass(frozen=True)
+class Outputs:
+    records: tuple[EvalRecord, ...]
+    metrics: tuple[SystemMetrics, ...]
+    differences: tuple[PairedDifference, ...]
+    verdict: Verdict | None
+    replay: Mapping[str, object]  # ReplayStats.summary() of the run ({} for HTTP candidates)
+    decoding: Decoding
+    pool: Pool
 
 
 async def single_calls(questions: Sequence[QuestionInfo], pool: Pool, backend: CandidateBackend,
-                       concurrency: int, desc: str, progress: bool) -> dict[str, dict[str, EvalRecord]]:
+                       concurrency: int, desc: str) -> dict[str, dict[str, EvalRecord]]:
     """Each candidate called once per question with the question itself: {question id: {model: record}}."""
     sem = asyncio.Semaphore(concurrency)
-    bar = tqdm(total=len(questions) * len(pool), desc=desc, disable=not progress, leave=False)
+    bar = progress(len(questions) * len(pool), desc)
 
     async def one(q: QuestionInfo, model: str) -> EvalRecord:
         async with sem:
@@ -83,7 +96,7 @@ async def single_calls(questions: Sequence[QuestionInfo], pool: Pool, backend: C
         answer = extract_reply_answer(res.text) if isinstance(res, CandidateReply) else None
         text = res.text if isinstance(res, CandidateReply) else ""
         return EvalRecord(f"single:{model}", q.id, q.data_source, q.text, q.golden_answers, answer, True,
-                          (_call(res),), time.perf_counter() - start, text)
+                          (Call.of_result(res),), time.perf_counter() - start, text)
 
     recs = await asyncio.gather(*(one(q, m) for q in questions for m in pool.names))
     bar.close()
@@ -93,14 +106,13 @@ async def single_calls(questions: Sequence[QuestionInfo], pool: Pool, backend: C
     return out
 
 
-def policy_generator(params: Params, ep: EvaluateRouterParams, router_dir: Path,
-                     environ: Mapping[str, str] | None = None) -> tuple[Any, Any, CompletionsPolicy | None]:
-    """(generator, tokenizer, closable client) for the profile's policy backend."""
+def policy_generator(params: Params, router_dir: Path, environ: Mapping[str, str] | None = None
+                     ) -> tuple[TokenGenerator, Tokenizer, CompletionsPolicy | None]:
+    """(generator, tokenizer, client to close) for the profile's policy backend."""
     from transformers import AutoTokenizer
 
-    kind = ep.policy.get(params.profile)
-    if kind is None:
-        raise ValueError(f"evaluate_router.policy has no entry for profile {params.profile!r}")
+    ep = params.evaluate_router
+    kind = ep.policy[params.profile]
     if not (router_dir / "config.json").is_file():
         raise FileNotFoundError(f"{router_dir}: no trained router (config.json missing); run train_router first")
     greedy = ep.decoding == "greedy"
@@ -110,15 +122,15 @@ def policy_generator(params: Params, ep: EvaluateRouterParams, router_dir: Path,
         from routerops.training.tiny_policy import BatchedGenerator, load_policy
 
         torch.manual_seed(ep.seed)
-        model, tok = load_policy(router_dir)
-        return (BatchedGenerator(model, tok, greedy=greedy, temperature=ep.temperature, top_p=ep.top_p,
-                                 max_batch=ep.concurrency), tok, None)
+        model, hf_tok = load_policy(router_dir)
+        return (BatchedGenerator(model, hf_tok, greedy=greedy, temperature=ep.temperature, top_p=ep.top_p,
+                                 max_batch=ep.concurrency), hf_tok, None)
     env = os.environ if environ is None else environ
     base_url = env.get(ep.policy_base_url_env, "")
     if not base_url:
         raise ValueError(f"evaluate_router.policy is 'completions' for profile {params.profile!r}: set "
                          f"{ep.policy_base_url_env} to the router server's base URL (ending in /v1)")
-    tok = AutoTokenizer.from_pretrained(router_dir, local_files_only=True)
+    tok: Tokenizer = AutoTokenizer.from_pretrained(router_dir, local_files_only=True)
     client = CompletionsPolicy(PolicyServerConfig(
         base_url=base_url, model=ep.policy_model or str(router_dir), api_key=env.get(ep.policy_api_key_env) or None,
         greedy=greedy, temperature=ep.temperature, top_p=ep.top_p, seed=ep.seed,
@@ -126,50 +138,30 @@ def policy_generator(params: Params, ep: EvaluateRouterParams, router_dir: Path,
     return client, tok, client
 
 
-def episode_limits(params: Params) -> RolloutLimits:
-    """The tiny local policy writes short turns (its own cap); a verl-trained router has Router-R1's."""
-    tp = params.require("train_router")
-    if tp.backend == "local":
-        from routerops.training.local_backend import _limits
-
-        return _limits(params, tp.local)
-    r = params.rollout
-    return RolloutLimits(r.max_turns, r.max_tokens_per_turn, r.max_obs_tokens, r.max_prompt_tokens,
-                         r.max_context_tokens)
-
-
-async def router_records(questions: Sequence[QuestionInfo], params: Params, ep: EvaluateRouterParams, pool: Pool,
-                         router_dir: Path, backends: Backends, progress: bool) -> list[EvalRecord]:
-    gen, tok, client = policy_generator(params, ep, router_dir)
-    try:
-        return await _router_episodes(questions, params, ep, pool, gen, tok, backends, progress)
-    finally:
-        if client is not None:
-            await client.aclose()
-
-
-async def _router_episodes(questions: Sequence[QuestionInfo], params: Params, ep: EvaluateRouterParams, pool: Pool,
-                           gen: Any, tok: Any, backends: Backends, progress: bool) -> list[EvalRecord]:
-    limits = episode_limits(params)
-    sem = asyncio.Semaphore(ep.concurrency)
-    bar = tqdm(total=len(questions), desc="router", disable=not progress, leave=False)
+async def _router_records(questions: Sequence[QuestionInfo], params: Params, pool: Pool, router_dir: Path,
+                          backends: Backends) -> list[EvalRecord]:
+    gen, tok, client = policy_generator(params, router_dir)
+    limits = params.router_limits()
+    sem = asyncio.Semaphore(params.evaluate_router.concurrency)
+    bar = progress(len(questions), "router")
 
     async def one(q: QuestionInfo) -> EvalRecord:
         async with sem:
             start = time.perf_counter()
-            t: Trajectory = await run_episode(q, encode_prompt(q.text, pool, tok, params), generator=gen,
-                                              tokenizer=tok, pool=pool, backend=backends.backend, limits=limits,
-                                              budget=RequestBudget(params.candidates.request_budget_usd,
-                                                                   backends.run_budget))
+            t = await run_episode(q, encode_prompt(q.text, pool, tok, params), generator=gen, tokenizer=tok,
+                                  pool=pool, backend=backends.backend, limits=limits,
+                                  budget=backends.request_budget(params.candidates.request_budget_usd))
             bar.update(1)
-        calls = tuple(Call(c.model, c.ok, c.completion_tokens, c.prompt_tokens, c.latency_s, c.failure, c.origin)
-                      for c in t.calls)
         return EvalRecord("router", q.id, q.data_source, q.text, q.golden_answers, t.answer,
-                          check_format(t.segments, pool).valid, calls, time.perf_counter() - start, t.response_text)
+                          check_format(t.segments, pool).valid, tuple(Call.of_record(c) for c in t.calls),
+                          time.perf_counter() - start, t.response_text)
 
-    recs = list(await asyncio.gather(*(one(q) for q in questions)))
-    bar.close()
-    return recs
+    try:
+        return list(await asyncio.gather(*(one(q) for q in questions)))
+    finally:
+        bar.close()
+        if client is not None:
+            await client.aclose()
 
 
 def _renamed(r: EvalRecord, system: str) -> EvalRecord:
@@ -177,18 +169,18 @@ def _renamed(r: EvalRecord, system: str) -> EvalRecord:
                       r.calls, r.latency_s, r.response)
 
 
-def run(params: Params, inputs: Inputs, progress: bool = False) -> dict[str, Any]:
-    ep: EvaluateRouterParams = params.require("evaluate_router")
+def run(params: Params, inputs: Inputs) -> Outputs:
+    ep = params.evaluate_router
     pool = inputs.pool
-    test = questions_of(inputs.dataset_dir / "rl" / "test.parquet")
-    train = questions_of(inputs.dataset_dir / "rl" / "train.parquet")[: ep.knn_train_questions]
-    backends = build_backend(params.candidates, distractor_questions=[*test, *train], data_dir=inputs.data_dir)
+    test = read_questions(inputs.dataset_dir, "test")
+    train = read_questions(inputs.dataset_dir, "train")[: ep.knn_train_questions]
+    backends = build_backend(params.candidates, data_dir=inputs.data_dir, distractor_questions=[*test, *train])
 
     async def go() -> tuple[list[EvalRecord], dict[str, dict[str, EvalRecord]], dict[str, dict[str, EvalRecord]]]:
         try:
-            router = await router_records(test, params, ep, pool, inputs.router_dir, backends, progress)
-            singles = await single_calls(test, pool, backends.backend, ep.concurrency, "baselines", progress)
-            knn_train = await single_calls(train, pool, backends.backend, ep.concurrency, "knn fit", progress)
+            router = await _router_records(test, params, pool, inputs.router_dir, backends)
+            singles = await single_calls(test, pool, backends.backend, ep.concurrency, "baselines")
+            knn_train = await single_calls(train, pool, backends.backend, ep.concurrency, "knn fit")
             return router, singles, knn_train
         finally:
             await backends.aclose()
@@ -198,7 +190,7 @@ def run(params: Params, inputs: Inputs, progress: bool = False) -> dict[str, Any
     for q in test:
         per = singles[q.id]
         records.extend(per.values())
-        for kind in BASELINES:
+        for kind in FIXED_BASELINES:
             records.append(_renamed(per[baseline_choice(kind, pool, q.id, ep.seed)], kind))
         records.append(_renamed(per[oracle_choice(per, pool)], "oracle"))
 
@@ -210,71 +202,60 @@ def run(params: Params, inputs: Inputs, progress: bool = False) -> dict[str, Any
     for q, pick in zip(test, knn.route([q.text for q in test]), strict=True):
         records.append(_renamed(singles[q.id][pick], "knn"))
 
-    metrics = aggregate(records, pool, params.rewards.include_prompt_cost)
-    stats = backends.replay.stats.summary() if backends.replay else {}
+    include_prompt = params.rewards.include_prompt_cost
+    metrics = aggregate(records, pool, include_prompt)
     differences = [paired_difference(records, pool, "router", b, samples=ep.bootstrap_samples,
-                                     confidence=ep.confidence, seed=ep.seed,
-                                     include_prompt=params.rewards.include_prompt_cost)
+                                     confidence=ep.confidence, seed=ep.seed, include_prompt=include_prompt)
                    for b in comparison_baselines(metrics)]
-    return {"records": records, "metrics": metrics, "replay": stats, "differences": differences,
-            "decoding": {"mode": ep.decoding, "seed": ep.seed, "temperature": ep.temperature, "top_p": ep.top_p}}
-
-
-def comparison_baselines(metrics: Sequence[SystemMetrics]) -> list[str]:
-    """The baselines the router is tested against: the fixed ones, kNN, and every single candidate
-    on the singles' Pareto front (no other single is at least as accurate and as cheap): those are
-    the ones to beat before a router is worth deploying. A single whose averages equal a fixed
-    baseline's (cheapest is one of the singles) is not listed twice."""
-    avg = {m.system: m for m in metrics if m.data_source == "average"}
-    if "router" not in avg:
-        return []
-    fixed = [s for s in ("random", "cheapest", "most_expensive", "knn") if s in avg]
-    singles = [m for s, m in avg.items() if s.startswith("single:")]
-    front = [m for m in singles
-             if not any(o.em >= m.em and o.usd_per_question <= m.usd_per_question
-                        and (o.em, o.usd_per_question) != (m.em, m.usd_per_question) for o in singles)]
-    seen = {(avg[s].em, avg[s].usd_per_question) for s in fixed}
-    return fixed + [m.system for m in sorted(front, key=lambda m: m.usd_per_question)
-                    if (m.em, m.usd_per_question) not in seen]
+    stats: ReplayStats | None = backends.replay.stats if backends.replay else None
+    return Outputs(tuple(records), tuple(metrics), tuple(differences), verdict(metrics, differences),
+                   stats.summary() if stats else {}, Decoding(ep.decoding, ep.seed, ep.temperature, ep.top_p), pool)
 
 
 def _metric_values(m: SystemMetrics) -> dict[str, Any]:
     return {k: v for k, v in asdict(m).items() if k not in ("system", "data_source")}
 
 
-def write(result: dict[str, Any], pool: Pool, out_dir: Path, metrics_path: Path) -> Path:
-    records: list[EvalRecord] = result["records"]
-    metrics = result["metrics"]
-    with atomic_dir(out_dir) as tmp:
-        pq.write_table(pa.Table.from_pylist([r.as_row() for r in records]), tmp / "trajectories.parquet")
-        pareto_plot(metrics, tmp / "pareto.png", title=f"EM vs cost (pool {pool.pricing.label})")
-        (tmp / "report.md").write_text(render_report(metrics, pool, result["decoding"], result["replay"],
-                                                     plot="pareto.png", differences=result.get("differences", ())))
+def metrics_json(out: Outputs) -> dict[str, Any]:
+    """metrics/evaluation.json: every metric per system, averaged and per benchmark, the
+    router-minus-baseline intervals and the verdict."""
     per_benchmark: dict[str, dict[str, dict[str, Any]]] = {}
-    for m in metrics:
+    for m in out.metrics:
         if m.data_source != "average":
             per_benchmark.setdefault(m.system, {})[m.data_source] = _metric_values(m)
-    write_json_atomic(metrics_path, {
-        "decoding": result["decoding"], "replay": result["replay"], "pool_snapshot": pool.snapshot_id,
-        "average": {m.system: _metric_values(m) for m in metrics if m.data_source == "average"},
+    return {
+        "decoding": asdict(out.decoding), "replay": dict(out.replay), "pool_snapshot": out.pool.snapshot_id,
+        "average": {m.system: _metric_values(m) for m in out.metrics if m.data_source == "average"},
         "per_benchmark": per_benchmark,
         "router_minus": {d.baseline: {"em": d.em, "em_ci": list(d.em_ci), "usd_per_question": d.usd_per_question,
                                       "usd_ci": list(d.usd_ci), "confidence": d.confidence}
-                         for d in result.get("differences", ())},
-    })
-    return out_dir / "report.md"
+                         for d in out.differences},
+        "verdict": None if out.verdict is None else out.verdict.as_dict(),
+    }
+
+
+def write(out: Outputs, out_dir: Path, metrics_path: Path) -> None:
+    """Trajectories, plot, report and summary in one atomically swapped directory; metrics after."""
+    pool = out.pool
+    with atomic_dir(out_dir) as tmp:
+        pq.write_table(pa.Table.from_pylist([r.as_row() for r in out.records]), tmp / "trajectories.parquet")
+        pareto_plot(out.metrics, tmp / "pareto.png", title=f"EM vs cost (pool {pool.pricing.label})")
+        (tmp / "report.md").write_text(render_report(out.metrics, pool, out.decoding, out.replay, plot="pareto.png",
+                                                     differences=out.differences, verdict=out.verdict))
+        (tmp / "summary.md").write_text(render_summary(out.metrics, pool, out.decoding, out.replay,
+                                                       differences=out.differences, verdict=out.verdict)
+                                        + "\nBeside this file: the full report `report.md` and the Pareto plot "
+                                          "`pareto.png`.\n")
+    write_json_atomic(metrics_path, metrics_json(out))
 
 
 def main() -> None:
     root = project_root()
-    params = load_params(root / "params.yaml")
-    ep = params.require("evaluate_router")
-    bp = params.require("build_dataset")
-    inputs = Inputs(load_pool(default_pool_file()), root / bp.out_dir, root / params.require("train_router").out_dir,
-                    root / bp.raw_dir)
-    result = run(params, inputs, progress=True)
-    report = write(result, inputs.pool, root / ep.out_dir, root / ep.metrics)
-    sys.stdout.write(report.read_text() + f"\nreport: {report}\nPareto plot: {report.parent / 'pareto.png'}\n")
+    params = load_params(default_params_file())
+    out = run(params, Inputs.of_project(root, params))
+    ep = params.evaluate_router
+    write(out, root / ep.out_dir, root / ep.metrics)
+    sys.stdout.write((root / ep.out_dir / "summary.md").read_text())
 
 
 if __name__ == "__main__":

@@ -19,12 +19,13 @@ CLI: `python -m infra.local.dvc_remote configure [--repo PATH] [--endpoint URL |
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.local.s3 import DEFAULT_BUCKET, DEV_ACCESS_KEY, DEV_SECRET_KEY, LocalS3, ServerState
+from infra.local.s3 import DEFAULT_BUCKET, DEV_ACCESS_KEY, DEV_SECRET_KEY, LocalS3, LocalS3Error, ServerState
 
 __all__ = [
     "LOCAL_ONLY_KEYS",
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg.add_argument("--url", default=REMOTE_URL, help="remote URL (default: %(default)s)")
     target = cfg.add_mutually_exclusive_group()
     target.add_argument("--endpoint", default=None,
-                        help="S3 endpoint URL (default: the local store's, from its state file)")
+                        help="S3 endpoint URL (default: the local store's: its running or recorded ports)")
     target.add_argument("--aws", action="store_true",
                         help="real AWS S3: no endpoint and no keys in config.local (AWS credential chain)")
     cfg.add_argument("--data-dir", default=None, help="local store data dir to read the endpoint from")
@@ -130,12 +131,23 @@ def main(argv: list[str] | None = None) -> int:
         endpoint, key, secret = None, None, None
     else:
         store = LocalS3(data_dir=Path(args.data_dir)) if args.data_dir else LocalS3()
-        status = store.status()
-        endpoint = args.endpoint or status.endpoint_url
         key, secret = store.access_key, store.secret_key
-        if args.endpoint is None and status.state is not ServerState.RUNNING:
-            print(f"note: the local store is {status.state.value}; using its configured endpoint {endpoint}. "
-                  f"Start it with `python -m infra.local.s3 start`.", file=sys.stderr)
+        endpoint = args.endpoint
+        if endpoint is None:
+            try:
+                # The running store's ports, or (never started, or stopped) the ones its next start
+                # will use, recorded now so that start keeps them.
+                store.assign_ports()
+            except LocalS3Error as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            status = store.status()
+            endpoint = status.endpoint_url
+            if status.state is not ServerState.RUNNING:
+                where = f" --data-dir {shlex.quote(str(store.data_dir))}" if args.data_dir else ""
+                print(f"note: the local store is {status.state.value}; using the endpoint its next start will serve, "
+                      f"{endpoint} (ports recorded in {store.ports_file}). "
+                      f"Start it with `python -m infra.local.s3 start{where}`.", file=sys.stderr)
     try:
         done = configure_remote(args.repo, endpoint_url=endpoint, access_key_id=key, secret_access_key=secret,
                                 name=args.name, url=args.url)

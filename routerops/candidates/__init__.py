@@ -12,7 +12,9 @@ from routerops.candidates.client import (
     request_body,
 )
 from routerops.candidates.types import (
+    REPLY_ORIGINS,
     CallContext,
+    CallOrigin,
     CallResult,
     CandidateBackend,
     CandidateFailure,
@@ -22,13 +24,13 @@ from routerops.candidates.types import (
     candidate_messages,
 )
 
-# --- replay pool (added separately): from routerops.candidates.replay import ReplayPool ---
-
 __all__ = [
+    "REPLY_ORIGINS",
     "Budget",
     "CachedBackend",
     "CachedEntry",
     "CallContext",
+    "CallOrigin",
     "CallResult",
     "CandidateBackend",
     "CandidateFailure",

@@ -28,6 +28,7 @@ from typing import Any
 from routerops.candidates.budget import Budget
 from routerops.candidates.types import (
     CallContext,
+    CallOrigin,
     CallResult,
     CandidateBackend,
     CandidateFailure,
@@ -260,7 +261,7 @@ class CachedBackend:
         cache: ResponseCache,
         *,
         include_prompt_cost: bool | None = None,
-        store_origins: frozenset[str] = frozenset({"http"}),
+        store_origins: frozenset[CallOrigin] = frozenset({CallOrigin.HTTP}),
     ) -> None:
         self.inner = inner
         self.cache = cache
@@ -324,4 +325,4 @@ class CachedBackend:
             budget.charge(candidate.cost_usd(completion_tokens, prompt_tokens, self.include_prompt_cost))
         return CandidateReply(model=candidate.name, text=text, prompt_tokens=prompt_tokens,
                               completion_tokens=completion_tokens, latency_s=time.perf_counter() - start,
-                              attempts=0, usage_estimated=usage_estimated, origin="cache")
+                              attempts=0, usage_estimated=usage_estimated, origin=CallOrigin.CACHE)

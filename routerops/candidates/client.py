@@ -26,6 +26,7 @@ import httpx
 from routerops.candidates.budget import Budget
 from routerops.candidates.types import (
     CallContext,
+    CallOrigin,
     CallResult,
     CandidateFailure,
     CandidateReply,
@@ -200,6 +201,11 @@ class OpenAIChatClient:
         self._load: list[int] = []
         self._closed = False
 
+    def closed(self) -> bool:
+        """True once `aclose()` ran (a method, not an attribute: another task may close the client
+        while a call awaits)."""
+        return self._closed
+
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
@@ -272,7 +278,7 @@ class OpenAIChatClient:
         resolved = self._resolve(candidate)
         if isinstance(resolved, str):
             return CandidateFailure(candidate.name, FailureKind.NOT_CONFIGURED, None, 0, resolved)
-        if self._closed:
+        if self.closed():
             return CandidateFailure(candidate.name, FailureKind.NOT_CONFIGURED, None, 0, "client is closed")
         self._bind_loop()
         url, key = resolved
@@ -288,7 +294,7 @@ class OpenAIChatClient:
                 if attempt == 1 and budget is not None and (reason := budget.check()) is not None:
                     return CandidateFailure(candidate.name, FailureKind.BUDGET, None, 0, reason,
                                             time.perf_counter() - start)
-                if self._closed:  # closed by another task while this call queued or backed off
+                if self.closed():  # closed by another task while this call queued or backed off
                     return CandidateFailure(candidate.name, FailureKind.NOT_CONFIGURED, None, attempt - 1,
                                             "client was closed during the call", time.perf_counter() - start)
                 last = await self._attempt(candidate, url, headers, body, start, attempt)
@@ -349,7 +355,7 @@ class OpenAIChatClient:
         return _Attempt(reply=CandidateReply(
             model=candidate.name, text=text, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, latency_s=time.perf_counter() - start,
-            attempts=attempt, usage_estimated=estimated, origin="http",
+            attempts=attempt, usage_estimated=estimated, origin=CallOrigin.HTTP,
         ))
 
     def _parse(self, content: bytes, messages: list[dict[str, str]]) -> tuple[str, int, int, bool] | str:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from routerops.candidates.types import (
     CallContext,
+    CallOrigin,
     CallResult,
     CandidateFailure,
     CandidateReply,
@@ -223,7 +224,7 @@ class ReplayPool:
     async def call(self, candidate: Candidate, query: str, context: CallContext | None = None) -> CallResult:
         budget = context.budget if context else None
         if budget is not None:
-            refusal = budget.check()  # type: ignore[attr-defined]
+            refusal = budget.check()
             if refusal:
                 return CandidateFailure(candidate.name, FailureKind.BUDGET, None, 0, refusal)
         question = context.question if context and context.question else QuestionInfo(id=query, text=query)
@@ -239,6 +240,6 @@ class ReplayPool:
         prompt_tokens = sum(len(m["content"].split()) for m in candidate_messages(query))
         completion = self.completion_tokens(candidate, question, query)
         if budget is not None:
-            budget.charge(candidate.cost_usd(completion, prompt_tokens))  # type: ignore[attr-defined]
+            budget.charge(candidate.cost_usd(completion, prompt_tokens))
         return CandidateReply(candidate.name, text, prompt_tokens, completion, 0.0, 1, False,
-                              "replay:recorded" if recorded else "replay:prior")
+                              CallOrigin.REPLAY_RECORDED if recorded else CallOrigin.REPLAY_PRIOR)

@@ -6,10 +6,13 @@ import enum
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from routerops.candidates.budget import Budget
 from routerops.pool import Candidate
 
 __all__ = [
+    "REPLY_ORIGINS",
     "CallContext",
+    "CallOrigin",
     "CallResult",
     "CandidateBackend",
     "CandidateFailure",
@@ -41,6 +44,20 @@ class FailureKind(enum.StrEnum):
     NOT_CONFIGURED = "not_configured"  # endpoint env vars missing
 
 
+class CallOrigin(enum.StrEnum):
+    """Where a call's outcome came from. The first four are replies; the last two are not."""
+
+    HTTP = "http"                        # an OpenAI-compatible endpoint answered
+    CACHE = "cache"                      # the response cache answered (a reply paid for earlier)
+    REPLAY_RECORDED = "replay:recorded"  # offline replay pool, correctness from a recorded score
+    REPLAY_PRIOR = "replay:prior"        # offline replay pool, correctness drawn from a prior
+    FAILED = "failed"                    # the backend returned a CandidateFailure (see its kind)
+    UNKNOWN_MODEL = "unknown_model"      # the router named no model of the pool: nothing was called
+
+
+REPLY_ORIGINS = frozenset({CallOrigin.HTTP, CallOrigin.CACHE, CallOrigin.REPLAY_RECORDED, CallOrigin.REPLAY_PRIOR})
+
+
 @dataclass(frozen=True)
 class QuestionInfo:
     """The user question an episode answers; the replay pool keys correctness on it."""
@@ -60,7 +77,7 @@ class CandidateReply:
     latency_s: float
     attempts: int = 1
     usage_estimated: bool = False  # True when the server sent no usage and we counted locally
-    origin: str = "http"           # http | cache | replay:recorded | replay:prior
+    origin: CallOrigin = CallOrigin.HTTP  # one of REPLY_ORIGINS
 
     @property
     def ok(self) -> bool:
@@ -89,7 +106,7 @@ class CallContext:
     """Per-call context: the episode's question and the budget the call is charged to."""
 
     question: QuestionInfo | None = None
-    budget: object | None = None  # routerops.candidates.budget.RequestBudget
+    budget: Budget | None = None
     tags: dict[str, str] = field(default_factory=dict)
 
 

@@ -302,7 +302,7 @@ class FakeOpenAIServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         with self._lock:
             self._stats.connections += 1
         try:
@@ -311,7 +311,7 @@ class FakeOpenAIServer:
         except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             writer.close()
             try:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)

@@ -25,6 +25,7 @@ complete one and continues exactly as if it had never stopped.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import random
@@ -34,26 +35,32 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from routerops.candidates.replay import CORRECT_TEMPLATES, WRONG_TEMPLATES, ReplayPool
 from routerops.candidates.types import QuestionInfo
-from routerops.config import LocalTrainParams, Params
-from routerops.io import atomic_dir, write_json_atomic, write_text_atomic
+from routerops.config import Params
+from routerops.io import atomic_dir, write_json_atomic
 from routerops.policy import ScriptedRouter, answer_turn, search_turn
 from routerops.pool import Pool
+from routerops.progress import progress
 from routerops.protocol import render_observation
 from routerops.rewards import CostNormalizer, ScoreItem, SlidingWindowNormalizer, normalizer_from_state, score_batch
-from routerops.rollout import RolloutLimits, Trajectory, run_episodes
-from routerops.runtime import encode_prompt
-from routerops.training import verl_backend as verl_math
+from routerops.rollout import Trajectory, run_episodes
+from routerops.runtime import encode_prompt, router_messages
 from routerops.training.tiny_policy import BatchedGenerator, build_model, load_policy, train_tokenizer
+from routerops.training.verl import rl_math
 
-__all__ = ["DELEGATE_QUERY", "LocalTrainer", "TrainResult", "step_metrics", "write_history"]
+if TYPE_CHECKING:
+    from torch.optim import Optimizer
+    from transformers import PreTrainedTokenizerFast as HFTokenizer
+
+    from routerops.policy import CausalLM
+
+__all__ = ["DELEGATE_QUERY", "LocalTrainer", "TrainResult", "step_metrics"]
 
 # The sub-question the tiny policy learns to send with `sub_question: delegate`.
 DELEGATE_QUERY = "please answer the user's question"
@@ -75,15 +82,15 @@ def _lr_factor(steps: int, warmup: int, decay: bool) -> Callable[[int], float]:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """The trained policy (not yet saved anywhere) and the per-step history, untrained first."""
+
     history: list[dict[str, Any]]
-    final: dict[str, Any]
-    out_dir: Path
+    model: CausalLM
+    tokenizer: HFTokenizer
 
-
-def _limits(params: Params, lp: LocalTrainParams) -> RolloutLimits:
-    r = params.rollout
-    return RolloutLimits(r.max_turns, lp.max_tokens_per_turn, r.max_obs_tokens, r.max_prompt_tokens,
-                         r.max_context_tokens)
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1]
 
 
 def step_metrics(trajs: Sequence[Trajectory], scores: Sequence[Any], pool: Pool) -> dict[str, Any]:
@@ -107,9 +114,8 @@ class LocalTrainer:
     """Runs SFT then GRPO; `run()` resumes from `checkpoint_dir` when a checkpoint exists."""
 
     def __init__(self, params: Params, pool: Pool, train_questions: Sequence[QuestionInfo],
-                 replay: ReplayPool, checkpoint_dir: Path, *, progress: bool = True,
-                 on_step: Callable[[int], None] | None = None) -> None:
-        tp = params.require("train_router")
+                 replay: ReplayPool, checkpoint_dir: Path, *, on_step: Callable[[int], None] | None = None) -> None:
+        tp = params.train_router
         self.params, self.pool, self.lp = params, pool, tp.local
         self.seed = tp.seed
         self.questions = list(train_questions)
@@ -120,14 +126,13 @@ class LocalTrainer:
         self._answers = sorted({a for q in self.questions for a in q.golden_answers})
         self._words = sorted({w.strip(string.punctuation) for q in self.questions for w in q.text.split()} - {""})
         self.ckpt_dir = checkpoint_dir
-        self.progress = progress
         self.on_step = on_step  # test hook: called after each completed (and checkpointed) step
-        self.limits = _limits(params, self.lp)
+        self.limits = params.router_limits()
         self._ptx: list[tuple[list[int], list[int]]] | None = None
 
     # ----- set-up ------------------------------------------------------------------------------
 
-    def _prepare(self) -> tuple[Any, Any]:
+    def _prepare(self) -> tuple[CausalLM, HFTokenizer]:
         """Tokenizer + SFT'd model, from the checkpoint dir if SFT already ran."""
         sft_dir = self.ckpt_dir / "sft"
         if (sft_dir / "_COMPLETE").is_file():
@@ -147,14 +152,12 @@ class LocalTrainer:
         return load_policy(sft_dir)
 
     def _messages(self, q: QuestionInfo) -> list[dict[str, str]]:
-        from routerops.runtime import router_messages
-
         return router_messages(q.text, self.pool, self.params)
 
-    def _encode(self, tokenizer: Any, q: QuestionInfo) -> list[int]:
+    def _encode(self, tokenizer: HFTokenizer, q: QuestionInfo) -> list[int]:
         return encode_prompt(q.text, self.pool, tokenizer, self.params)
 
-    def synthetic_trajectories(self, tokenizer: Any, n: int) -> list[Trajectory]:
+    def synthetic_trajectories(self, tokenizer: HFTokenizer, n: int) -> list[Trajectory]:
         """Valid think/search/information/answer traces with varied model choices."""
         rng = random.Random(f"{self.seed}:sft")
         names = list(self.pool.names)
@@ -171,8 +174,8 @@ class LocalTrainer:
             items.append((q, self._encode(tokenizer, q)))
         query = None if self.lp.sub_question == "question" else DELEGATE_QUERY
         router = ScriptedRouter(tokenizer, lambda question: order(question.strip()), query=query)
-        limits = RolloutLimits(2, 256, self.limits.max_obs_tokens, self.limits.max_prompt_tokens,
-                               self.limits.max_context_tokens)
+        # Two routing turns of the scripted router's wording, which is longer than the policy's cap.
+        limits = dataclasses.replace(self.limits, max_turns=2, max_tokens_per_turn=256)
         return asyncio.run(run_episodes(items, concurrency=64, generator=router, tokenizer=tokenizer,
                                         pool=self.pool, backend=self.replay, limits=limits))
 
@@ -194,7 +197,7 @@ class LocalTrainer:
         return " ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 9))).capitalize()
                         for _ in range(rng.randint(1, 3)))
 
-    def copy_drills(self, tokenizer: Any, n: int) -> list[tuple[list[int], list[int]]]:
+    def copy_drills(self, tokenizer: HFTokenizer, n: int) -> list[tuple[list[int], list[int]]]:
         """Short (information block, answer turn) pairs, ~30 tokens each.
 
         Copying an answer out of a reply needs an induction-style attention pattern; a 2-layer
@@ -211,7 +214,8 @@ class LocalTrainer:
                         tokenizer.encode(answer_turn(a), add_special_tokens=False)))
         return out
 
-    def context_drills(self, tokenizer: Any, n: int, stream: str = "context") -> list[tuple[list[int], list[int]]]:
+    def context_drills(self, tokenizer: HFTokenizer, n: int, stream: str = "context"
+                       ) -> list[tuple[list[int], list[int]]]:
         """Long sequences (ids, loss mask): a real prompt, then routing turns, each a search, a
         reply and the answer copied from it, up to `context_drill_tokens`; loss on the copied
         answers only, so the model learns to copy the newest reply among earlier ones. `stream`
@@ -240,7 +244,7 @@ class LocalTrainer:
             out.append((ids, mask))
         return out
 
-    def _sft(self, model: Any, tokenizer: Any) -> None:
+    def _sft(self, model: CausalLM, tokenizer: HFTokenizer) -> None:
         """Short copy drills, then long-context drills shuffled with full trajectories; loss on
         policy tokens only (answers only in the drills)."""
         lp = self.lp
@@ -256,7 +260,7 @@ class LocalTrainer:
         phases = [("drills", drills, lp.drill_batch_size, lp.drill_lr, False),
                   ("context+sft", mixed, lp.sft_batch_size, lp.sft_lr, True)]
         total = sum((len(data) + bs - 1) // bs for _, data, bs, _, _ in phases)
-        bar = tqdm(total=total, desc="warm start", disable=not self.progress, leave=False)
+        bar = progress(total, "warm start")
         model.train()
         for name, data, bs, lr, decay in phases:
             if not data:
@@ -278,7 +282,7 @@ class LocalTrainer:
         done = sorted(p for p in self.ckpt_dir.glob("step_*") if (p / "_COMPLETE").is_file())
         return done[-1] if done else None
 
-    def _save(self, step: int, model: Any, opt: Any, normalizer: CostNormalizer,
+    def _save(self, step: int, model: CausalLM, opt: Optimizer, normalizer: CostNormalizer,
               history: list[dict[str, Any]]) -> None:
         with atomic_dir(self.ckpt_dir / f"step_{step:05d}") as tmp:
             torch.save({k: v.clone() for k, v in model.state_dict().items()}, tmp / "model.pt")
@@ -291,7 +295,7 @@ class LocalTrainer:
         for old in sorted(self.ckpt_dir.glob("step_*"))[:-2]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def _load(self, path: Path, model: Any, opt: Any) -> tuple[int, CostNormalizer, list[dict[str, Any]]]:
+    def _load(self, path: Path, model: CausalLM, opt: Optimizer) -> tuple[int, CostNormalizer, list[dict[str, Any]]]:
         model.load_state_dict(torch.load(path / "model.pt"))
         opt.load_state_dict(torch.load(path / "optimizer.pt"))
         rng = torch.load(path / "rng.pt", weights_only=False)
@@ -303,7 +307,7 @@ class LocalTrainer:
 
     # ----- GRPO --------------------------------------------------------------------------------
 
-    def run(self, out_dir: Path) -> TrainResult:
+    def run(self) -> TrainResult:
         lp = self.lp
         torch.manual_seed(self.seed)
         random.seed(self.seed)
@@ -323,7 +327,7 @@ class LocalTrainer:
             history.append({"step": -1, "phase": "untrained", **untrained})
             history.append({"step": 0, "phase": "warm-start", **self.evaluate_batch(model, tokenizer, 0)[0]})
 
-        bar = tqdm(total=lp.grpo_steps, initial=start, desc="grpo", disable=not self.progress)
+        bar = progress(lp.grpo_steps, "grpo", initial=start, leave=True)
         for step in range(start, lp.grpo_steps):
             metrics, normalizer = self._grpo_step(step, model, ref, tokenizer, opt, normalizer)
             history.append({"step": step + 1, "phase": "grpo", **metrics})
@@ -335,16 +339,10 @@ class LocalTrainer:
             if self.on_step is not None:
                 self.on_step(step + 1)
         bar.close()
+        return TrainResult(history, model, tokenizer)
 
-        with atomic_dir(out_dir) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            write_json_atomic(tmp / "routerops.json", {
-                "backend": "local", "pool_snapshot": self.pool.snapshot_id, "prices_id": self.pool.pricing.id,
-                "alpha": self.params.rewards.alpha, "grpo_steps": lp.grpo_steps, "seed": self.seed})
-        return TrainResult(history, history[-1], out_dir)
-
-    def evaluate_batch(self, model: Any, tokenizer: Any, step: int) -> tuple[dict[str, Any], list[Trajectory]]:
+    def evaluate_batch(self, model: CausalLM, tokenizer: HFTokenizer, step: int
+                       ) -> tuple[dict[str, Any], list[Trajectory]]:
         """Metrics of one sampled batch without learning (the step-0 point of the curve)."""
         trajs = self._rollouts(step, model, tokenizer)
         scores, _ = score_batch([ScoreItem(t.segments, t.question.golden_answers, t.usages()) for t in trajs],
@@ -352,7 +350,7 @@ class LocalTrainer:
                                 SlidingWindowNormalizer(self.params.rewards.window), self.params.rewards.outcome)
         return {**step_metrics(trajs, scores, self.pool), "kl": 0.0, "entropy": 0.0, "pg_loss": 0.0}, trajs
 
-    def _rollouts(self, step: int, model: Any, tokenizer: Any) -> list[Trajectory]:
+    def _rollouts(self, step: int, model: CausalLM, tokenizer: HFTokenizer) -> list[Trajectory]:
         lp = self.lp
         rng = random.Random(f"{self.seed}:grpo:{step}")
         qs = rng.sample(self.questions, min(lp.questions_per_step, len(self.questions)))
@@ -362,7 +360,7 @@ class LocalTrainer:
         return asyncio.run(run_episodes(items, concurrency=len(items), generator=gen, tokenizer=tokenizer,
                                         pool=self.pool, backend=self.replay, limits=self.limits))
 
-    def _grpo_drills(self, tokenizer: Any) -> list[tuple[list[int], list[int]]]:
+    def _grpo_drills(self, tokenizer: HFTokenizer) -> list[tuple[list[int], list[int]]]:
         """The copy drills mixed into GRPO, drawn once; step N uses a fixed slice, so a resumed run
         sees exactly the drills an uninterrupted one would."""
         if self._ptx is None:
@@ -370,7 +368,7 @@ class LocalTrainer:
                                             stream="grpo")
         return self._ptx
 
-    def _grpo_step(self, step: int, model: Any, ref: Any, tokenizer: Any, opt: Any,
+    def _grpo_step(self, step: int, model: CausalLM, ref: CausalLM, tokenizer: HFTokenizer, opt: Optimizer,
                    normalizer: CostNormalizer) -> tuple[dict[str, Any], CostNormalizer]:
         lp, rp = self.lp, self.params.rewards
         trajs = self._rollouts(step, model, tokenizer)
@@ -384,15 +382,15 @@ class LocalTrainer:
         last = resp_mask.sum(-1).long() - 1
         token_rewards[torch.arange(len(trajs)), last.clamp(min=0)] = rewards
         index = np.array([t.question.id for t in trajs], dtype=object)
-        advantages = verl_math.grpo_advantages(token_rewards, resp_mask, index)
+        advantages = rl_math.grpo_advantages(token_rewards, resp_mask, index)
 
         with torch.no_grad():
             old_lp, _ = _response_logprobs(model, ids, attn, starts, width)
             ref_lp, _ = _response_logprobs(ref, ids, attn, starts, width)
         model.train()
         new_lp, entropy = _response_logprobs(model, ids, attn, starts, width, with_entropy=True)
-        pg_loss, pg_metrics = verl_math.policy_loss(old_lp, new_lp, advantages, resp_mask, lp.clip_ratio)
-        kl = verl_math.kl_loss(new_lp, ref_lp, resp_mask)
+        pg_loss, pg_metrics = rl_math.policy_loss(old_lp, new_lp, advantages, resp_mask, lp.clip_ratio)
+        kl = rl_math.kl_loss(new_lp, ref_lp, resp_mask)
         loss = pg_loss + lp.kl_coef * kl
         drill_loss = torch.zeros(())
         if lp.grpo_drills_per_step and lp.grpo_drill_coef:
@@ -400,7 +398,8 @@ class LocalTrainer:
             # RL erode the exact copying the warm start built (measured: 0.61 -> 0.50 in 30 steps).
             k = lp.grpo_drills_per_step
             drills = self._grpo_drills(tokenizer)
-            batch = [([], *drills[(step * k + i) % len(drills)]) for i in range(k)]
+            batch: list[tuple[Sequence[int], Sequence[int], Sequence[int]]] = [
+                ([], *drills[(step * k + i) % len(drills)]) for i in range(k)]
             drill_loss = _lm_loss(model, batch, tokenizer.pad_token_id)
             loss = loss + lp.grpo_drill_coef * drill_loss
         opt.zero_grad()
@@ -436,7 +435,7 @@ def _pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], 
     return ids, attn, loss
 
 
-def _lm_loss(model: Any, batch: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
+def _lm_loss(model: CausalLM, batch: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
              pad: int) -> torch.Tensor:
     """Mean next-token cross-entropy over the masked response tokens."""
     ids, attn, labels_mask = _pack([b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch], pad)
@@ -447,7 +446,7 @@ def _lm_loss(model: Any, batch: Sequence[tuple[Sequence[int], Sequence[int], Seq
     return (nll * mask).sum() / mask.sum().clamp(min=1)
 
 
-def _lm_step(model: Any, opt: Any, batch: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
+def _lm_step(model: CausalLM, opt: Optimizer, batch: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
              pad: int) -> float:
     """One optimiser step on `_lm_loss`."""
     loss = _lm_loss(model, batch, pad)
@@ -458,7 +457,8 @@ def _lm_step(model: Any, opt: Any, batch: Sequence[tuple[Sequence[int], Sequence
     return float(loss.detach())
 
 
-def _pack_response(trajs: Sequence[Trajectory], pad: int) -> tuple[torch.Tensor, ...]:
+def _pack_response(trajs: Sequence[Trajectory], pad: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Sequences plus a (batch, max_response) response mask aligned at each response start."""
     ids, attn, _ = _pack([t.prompt_ids for t in trajs], [t.response_ids for t in trajs],
                          [t.loss_mask for t in trajs], pad)
@@ -467,10 +467,10 @@ def _pack_response(trajs: Sequence[Trajectory], pad: int) -> tuple[torch.Tensor,
     for i, t in enumerate(trajs):
         resp_mask[i, : len(t.loss_mask)] = torch.tensor(t.loss_mask, dtype=torch.float32)
     starts = torch.tensor([len(t.prompt_ids) for t in trajs], dtype=torch.long)
-    return ids, attn, resp_mask, starts, width  # type: ignore[return-value]
+    return ids, attn, resp_mask, starts, width
 
 
-def _response_logprobs(model: Any, ids: torch.Tensor, attn: torch.Tensor, starts: torch.Tensor, width: int,
+def _response_logprobs(model: CausalLM, ids: torch.Tensor, attn: torch.Tensor, starts: torch.Tensor, width: int,
                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob (and entropy) of each response token, (batch, width), zero past each response."""
     logits = model(input_ids=ids, attention_mask=attn).logits.float()
@@ -482,13 +482,3 @@ def _response_logprobs(model: Any, ids: torch.Tensor, attn: torch.Tensor, starts
     chosen = step_logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
     entropy = -(step_logp.exp() * step_logp).sum(-1) if with_entropy else torch.zeros_like(chosen)
     return chosen, entropy
-
-
-def write_history(history: Sequence[dict[str, Any]], path: Path) -> None:
-    """Per-step metrics as CSV (DVC plots read it)."""
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    lines = [",".join(keys)]
-    for row in history:
-        lines.append(",".join(f"{row.get(k, '')}" for k in keys))
-    write_text_atomic(path, "\n".join(lines) + "\n")
-

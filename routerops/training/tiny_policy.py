@@ -12,12 +12,19 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 
 from routerops.config import LocalTrainParams
+from routerops.policy import hf_generate
 from routerops.rollout import Generation
+from routerops.tokens import decode_text
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+    from routerops.policy import CausalLM
 
 __all__ = ["CHAT_TEMPLATE", "EOS", "BatchedGenerator", "build_model", "load_policy", "train_tokenizer"]
 
@@ -41,7 +48,7 @@ PROTOCOL_TEXT = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on `texts` and the protocol; returns a PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -59,7 +66,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
     return hf
 
 
-def build_model(p: LocalTrainParams, vocab_size: int, eos_id: int, seed: int) -> Any:
+def build_model(p: LocalTrainParams, vocab_size: int, eos_id: int, seed: int) -> CausalLM:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
@@ -69,16 +76,16 @@ def build_model(p: LocalTrainParams, vocab_size: int, eos_id: int, seed: int) ->
         max_position_embeddings=1024, tie_word_embeddings=True, eos_token_id=eos_id, pad_token_id=eos_id,
         bos_token_id=eos_id,
     )
-    return Qwen2ForCausalLM(cfg)
+    return cast("CausalLM", Qwen2ForCausalLM(cfg))
 
 
-def load_policy(path: str | Path) -> tuple[Any, Any]:
+def load_policy(path: str | Path) -> tuple[CausalLM, PreTrainedTokenizerFast]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-    return model, tok
+    return cast("CausalLM", model), cast("PreTrainedTokenizerFast", tok)
 
 
 @dataclass
@@ -96,8 +103,8 @@ class BatchedGenerator:
     `temperature` before top-p, the quantity the learner recomputes.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, temperature: float = 1.0, top_p: float = 1.0,
-                 greedy: bool = False, max_batch: int = 64, gather_turns: int = 4) -> None:
+    def __init__(self, model: CausalLM, tokenizer: PreTrainedTokenizerFast, *, temperature: float = 1.0,
+                 top_p: float = 1.0, greedy: bool = False, max_batch: int = 64, gather_turns: int = 4) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.temperature, self.top_p, self.greedy = temperature, top_p, greedy
         self.max_batch, self.gather_turns = max_batch, gather_turns
@@ -155,19 +162,10 @@ class BatchedGenerator:
         max_new = max(r.max_new_tokens for r in batch)
         was_training = self.model.training
         self.model.eval()
-        out = self.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=not self.greedy,
-            temperature=None if self.greedy else self.temperature, top_p=None if self.greedy else self.top_p,
-            top_k=None, stop_strings=self._stop or None, tokenizer=self.tokenizer, output_logits=True,
-            return_dict_in_generate=True, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
-        )
+        new, chosen = hf_generate(self.model, self.tokenizer, ids, mask, max_new_tokens=max_new, greedy=self.greedy,
+                                  temperature=self.temperature, top_p=self.top_p, stop=self._stop, pad_token_id=pad)
         if was_training:
             self.model.train()
-        temp = 1.0 if self.greedy else self.temperature
-        # (steps, batch, vocab) -> log-probs of the chosen tokens, (batch, steps)
-        logits = torch.stack(out.logits, dim=0).float() / temp
-        new = out.sequences[:, width:]
-        chosen = torch.log_softmax(logits, dim=-1).gather(-1, new.T.unsqueeze(-1)).squeeze(-1).T
         eos = self.tokenizer.eos_token_id
         results = []
         for i, r in enumerate(batch):
@@ -176,8 +174,8 @@ class BatchedGenerator:
             if eos in toks:
                 toks = toks[: toks.index(eos) + 1]
             lps = chosen[i, : len(toks)].tolist()
-            text = self.tokenizer.decode(toks, skip_special_tokens=True)
-            finish = "stop" if any(s in text for s in self._stop) else (
+            text = decode_text(self.tokenizer, toks)
+            finish: Literal["stop", "eos", "length"] = "stop" if any(s in text for s in self._stop) else (
                 "eos" if toks and toks[-1] == eos else "length")
-            results.append(Generation(toks, lps, finish))  # type: ignore[arg-type]
+            results.append(Generation(toks, lps, finish))
         return results

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from flows.pipeline import pipeline
+from flows.tasks import CommandFailed
 from infra.local.dvc_remote import configure_remote
 from infra.local.s3 import LocalS3, Ports
 
@@ -69,16 +70,26 @@ def test_pipeline_runs_end_to_end_and_pushes(prefect_server, repo_root, store, c
     summary = pipeline(repo=repo, start_store=False)
     assert summary["validation"]["success"] is True
     assert summary["data_card"]["rows"]["train"] == {"hotpotqa": 400, "nq": 400, "triviaqa": 200}
-    assert summary["train"]["steps"] == TINY["grpo_steps"] and summary["route_samples"]["questions"] >= 1
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert summary["train"]["steps"] == TINY["grpo_steps"]
+    assert summary["route_samples"]["questions"] == params["demo"]["questions"]
     assert (repo / "artifacts" / "router" / "config.json").is_file()
-    pushed = objects(store, "ok/")
-    assert len(pushed) > 10
+    # every stage wrote its own summary, which the flow only published
+    for out in ("artifacts/dataset", "artifacts/validation", "artifacts/router", "artifacts/evaluation"):
+        assert (repo / out / "summary.md").read_text().startswith("# "), out
+    evaluation = summary["evaluation"]
+    assert evaluation["verdict"]["router_em"] == evaluation["average"]["router"]["em"]
+    assert evaluation["verdict"]["oracle_em_gap"] == pytest.approx(
+        evaluation["average"]["oracle"]["em"] - evaluation["average"]["router"]["em"])
+    # the bucket holds exactly what the local DVC cache holds: every output pushed
+    cache = repo / ".dvc" / "cache" / "files" / "md5"
+    cached = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
+    assert sorted(k.removeprefix("ok/files/md5/") for k in objects(store, "ok/")) == cached
     # a second repro does nothing: DVC alone decides, and nothing changed
     again = dvc(repo, "repro")
     assert again.returncode == 0, again.stderr
-    assert "Running stage" not in again.stdout and again.stdout.count("didn't change, skipping") >= 3
-    assert summary["evaluation"]["average"]["router"]["em"] >= 0.0
-    assert (repo / "artifacts" / "evaluation" / "pareto.png").is_file()
+    assert "Running stage" not in again.stdout and again.stdout.count("didn't change, skipping") == 4
+    assert (repo / "artifacts" / "evaluation" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     # a price change (prices are not in the prompt) re-runs training and evaluation, never the dataset
     pool = (repo / "pool.yaml").read_text().replace("output_usd_per_mtok: 1.20", "output_usd_per_mtok: 2.40")
     (repo / "pool.yaml").write_text(pool)
@@ -103,10 +114,11 @@ def test_validation_failure_stops_before_push(prefect_server, repo_root, store, 
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     state = pipeline(repo=repo, seed=False, start_store=False, samples=False, return_state=True)
     assert state.is_failed()
-    with pytest.raises(Exception, match="validate_dataset"):
+    with pytest.raises(CommandFailed, match=r"dvc repro` exited 1:(.|\n)*validate_dataset: 1 expectation\(s\) FAILED"):
         state.result()
     assert objects(store, "bad/") == []  # nothing was pushed
     card = json.loads((repo / "metrics" / "validation.json").read_text())
-    assert card["success"] is False and card["failed"] >= 1
+    assert (card["success"], card["failed"]) == (False, 1)
+    assert "expect_column_values_to_be_between" in (repo / "artifacts" / "validation" / "summary.md").read_text()
     assert not (repo / "artifacts" / "router").exists()  # training never ran
     assert not (repo / "artifacts" / "evaluation").exists()

@@ -128,6 +128,36 @@ def own_s3(tmp_path: Path) -> Iterator[Callable[[], LocalS3]]:
         store.stop(timeout_s=5.0)
 
 
+@pytest.fixture
+def auto_s3(tmp_path: Path) -> Iterator[Callable[..., LocalS3]]:
+    """Factory of stores that choose their own ports (no `ports=`, as `make demo` runs them), each
+    in its own data dir unless given one. Teardown stops whatever runs in every data dir handed
+    out, however it was started (API, CLI, make), SIGKILL first as in `own_s3`."""
+    data_dirs: list[Path] = []
+
+    def make(data_dir: Path | None = None, **kwargs: object) -> LocalS3:
+        store = LocalS3(data_dir=data_dir or tmp_path / f"auto-s3-{len(data_dirs)}", **kwargs)  # type: ignore[arg-type]
+        if store.data_dir not in data_dirs:
+            data_dirs.append(store.data_dir)
+        return store
+
+    try:
+        yield make
+    finally:
+        errors: list[BaseException] = []
+        for data_dir in data_dirs:
+            # Explicit ports: no port planning; kill() and stop() act on the pid and state files.
+            store = LocalS3(data_dir=data_dir, ports=Ports.free())
+            try:
+                if store.status().state is ServerState.RUNNING:
+                    store.kill()
+                store.stop(timeout_s=5.0)
+            except Exception as exc:  # stop the others first, then report
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
 @pytest.fixture(scope="session")
 def local_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
     """One store for the session's read-mostly tests. Its teardown is the suite's check that a

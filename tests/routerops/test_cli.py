@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from routerops.candidates.types import CallOrigin
 from routerops.cli import app
 
 runner = CliRunner()
@@ -49,7 +50,7 @@ def test_score_prints_one_breakdown_per_line(tmp_path) -> None:
     assert res.exit_code == 0, res.output
     rows = [json.loads(x) for x in res.stdout.splitlines()]
     assert len(rows) == 3
-    assert {"format", "em", "f1", "cost_usd", "reward", "answer"} <= set(rows[0])
+    assert set(rows[0]) == {"format", "em", "f1", "cost_usd", "cost_norm", "reward", "answer", "violations", "alpha"}
     assert rows[0]["cost_usd"] == pytest.approx(100 * 0.3e-6) and rows[0]["reward"] == 1.0
     assert rows[1]["alpha"] == 0.9 and rows[1]["cost_usd"] == pytest.approx(1000 * 1.2e-6)
     assert rows[1]["reward"] == pytest.approx(0.1)  # dearest in the batch: cost_norm 0
@@ -111,13 +112,24 @@ def test_ask_json_and_errors() -> None:
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["calls"][0]["origin"] == "replay:prior" and out["golden_answers"] == ["Paris"]
-    assert runner.invoke(app, ["ask", "q", "--route-to", "qwen"]).exit_code == 2
-    assert runner.invoke(app, ["ask", "q", "--candidates", "carrier-pigeon"]).exit_code == 2
-    assert runner.invoke(app, ["ask", "q", "--policy", "/nonexistent"]).exit_code == 1
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--route-to", "qwen"], 2, "error: --route-to 'qwen' is not in the pool (Qwen2.5-7B-Instruct, "
+                                "LLaMA-3.1-8B-Instruct, LLaMA-3.1-70B-Instruct, Mistral-7B-Instruct, "
+                                "Mixtral-8x22B-Instruct, Gemma-2-27B-Instruct)"),
+    (["--candidates", "carrier-pigeon"], 2, "error: --candidates must be replay or openai, got 'carrier-pigeon'"),
+    (["--policy", "/nonexistent"], 1, "error: /nonexistent: not a HuggingFace model directory (no config.json)"),
+    (["--params", "/nonexistent.yaml"], 1, "error: /nonexistent.yaml: file not found"),
+])
+def test_ask_rejects_bad_input(args, code, message) -> None:
+    res = runner.invoke(app, ["ask", "q", *args])
+    assert (res.exit_code, res.stderr.strip()) == (code, message)
 
 
 def test_ask_openai_without_endpoint_reports_not_configured(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("ROUTEROPS_CANDIDATE_BASE_URL", raising=False)
+    monkeypatch.delenv("ROUTEROPS_CANDIDATE_API_KEY", raising=False)
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text().replace(
         "cache_path: .routerops/cache/responses.sqlite", f"cache_path: {tmp_path / 'cache.sqlite'}"))
@@ -125,7 +137,9 @@ def test_ask_openai_without_endpoint_reports_not_configured(monkeypatch, tmp_pat
                               "--params", str(params)])
     assert res.exit_code == 0, res.output
     call = json.loads(res.stdout)["calls"][0]
-    assert call["ok"] is False and call["failure"].startswith("not_configured")
+    assert (call["ok"], call["origin"], call["failure"], call["attempts"]) == (False, "failed", "not_configured", 0)
+    assert call["failure_detail"] == ("env var(s) ROUTEROPS_CANDIDATE_BASE_URL, ROUTEROPS_CANDIDATE_API_KEY not set "
+                                      "for model 'Qwen2.5-7B-Instruct'")
 
 
 def test_console_script_is_installed() -> None:
@@ -142,9 +156,9 @@ def _trajectories(tmp_path: Path, extra_calls: tuple = ()) -> Path:
     from routerops.evaluation import Call, EvalRecord
 
     mix = "Mixtral-8x22B-Instruct"
-    recs = [EvalRecord("router", "a", "nq", "q?", ("Paris",), "Paris", True, (Call(mix, True, 100), *extra_calls)),
-            EvalRecord("router", "b", "nq", "q?", ("Rome",), "Lyon", True, (Call(Q, True, 200),)),
-            EvalRecord(f"single:{Q}", "a", "nq", "q?", ("Paris",), "Paris", True, (Call(Q, True, 50),))]
+    recs = [EvalRecord("router", "a", "nq", "q?", ("Paris",), "Paris", True, (Call(mix, CallOrigin.HTTP, 100), *extra_calls)),
+            EvalRecord("router", "b", "nq", "q?", ("Rome",), "Lyon", True, (Call(Q, CallOrigin.HTTP, 200),)),
+            EvalRecord(f"single:{Q}", "a", "nq", "q?", ("Paris",), "Paris", True, (Call(Q, CallOrigin.HTTP, 50),))]
     path = tmp_path / "trajectories.parquet"
     pq.write_table(pa.Table.from_pylist([r.as_row() for r in recs]), path)
     return path
@@ -178,7 +192,7 @@ def test_eval_reprice_rejects_bad_input(tmp_path, case, error) -> None:
     from routerops.evaluation import Call
 
     pool = ROOT / "pool.yaml"
-    traj = _trajectories(tmp_path, (Call("Mystery-1B", True, 5),) if case == "unpriced model" else ())
+    traj = _trajectories(tmp_path, (Call("Mystery-1B", CallOrigin.HTTP, 5),) if case == "unpriced model" else ())
     if case == "no trajectories":
         traj = tmp_path / "missing.parquet"
     if case == "bad pool":

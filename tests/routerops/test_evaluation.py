@@ -4,18 +4,27 @@ import dataclasses
 
 import pytest
 
+from routerops.candidates.types import CallOrigin, CandidateFailure, CandidateReply, FailureKind
 from routerops.evaluation import (
     Call,
     EvalRecord,
+    PairedDifference,
+    SystemMetrics,
+    Verdict,
     aggregate,
     baseline_choice,
+    comparison_baselines,
+    dominates,
     oracle_choice,
     paired_difference,
     reprice_records,
+    verdict,
 )
+from routerops.rollout import CallRecord
 from routerops.pool import parse_pool
 
 Q7, MIX = "Qwen2.5-7B-Instruct", "Mixtral-8x22B-Instruct"
+HTTP = CallOrigin.HTTP
 
 
 def rec(system, qid, source, answer, golds, calls, latency=0.0, fmt=True) -> EvalRecord:
@@ -24,11 +33,11 @@ def rec(system, qid, source, answer, golds, calls, latency=0.0, fmt=True) -> Eva
 
 FIXTURE = [
     # router on nq: one right (1 Qwen call, 100 tokens), one wrong (2 calls), one bad format (no call)
-    rec("router", "a", "nq", "Paris", ["Paris"], [Call(Q7, True, 100)], 1.0),
-    rec("router", "b", "nq", "Lyon", ["Rome"], [Call(Q7, True, 50), Call(MIX, True, 10)], 2.0),
+    rec("router", "a", "nq", "Paris", ["Paris"], [Call(Q7, HTTP, 100)], 1.0),
+    rec("router", "b", "nq", "Lyon", ["Rome"], [Call(Q7, HTTP, 50), Call(MIX, HTTP, 10)], 2.0),
     rec("router", "c", "nq", None, ["Oslo"], [], 3.0, fmt=False),
     # router on popqa: right, with a failed call that costs nothing
-    rec("router", "d", "popqa", "the Beatles", ["Beatles"], [Call(MIX, False, failure="timeout: read"), Call(MIX, True, 20)], 4.0),
+    rec("router", "d", "popqa", "the Beatles", ["Beatles"], [Call(MIX, CallOrigin.FAILED, failure=FailureKind.TIMEOUT, failure_detail="read"), Call(MIX, HTTP, 20)], 4.0),
 ]
 
 
@@ -78,25 +87,25 @@ def test_baseline_choices(pool) -> None:
 
 def test_oracle_is_the_cheapest_correct_candidate(pool) -> None:
     single = {
-        Q7: rec(f"single:{Q7}", "a", "nq", "x", ["Paris"], [Call(Q7, True, 100)]),       # wrong
-        MIX: rec(f"single:{MIX}", "a", "nq", "Paris", ["Paris"], [Call(MIX, True, 17)]),  # right, 20.4 u$
-        "LLaMA-3.1-8B-Instruct": rec("s", "a", "nq", "Paris", ["Paris"], [Call("LLaMA-3.1-8B-Instruct", True, 164)]),
+        Q7: rec(f"single:{Q7}", "a", "nq", "x", ["Paris"], [Call(Q7, HTTP, 100)]),       # wrong
+        MIX: rec(f"single:{MIX}", "a", "nq", "Paris", ["Paris"], [Call(MIX, HTTP, 17)]),  # right, 20.4 u$
+        "LLaMA-3.1-8B-Instruct": rec("s", "a", "nq", "Paris", ["Paris"], [Call("LLaMA-3.1-8B-Instruct", HTTP, 164)]),
     }
     assert oracle_choice(single, pool) == MIX
-    single[MIX] = rec(f"single:{MIX}", "a", "nq", "no", ["Paris"], [Call(MIX, True, 17)])
+    single[MIX] = rec(f"single:{MIX}", "a", "nq", "no", ["Paris"], [Call(MIX, HTTP, 17)])
     assert oracle_choice(single, pool) == "LLaMA-3.1-8B-Instruct"
-    none_right = {m: rec("s", "a", "nq", "no", ["Paris"], [Call(m, True, 10)]) for m in (Q7, MIX)}
+    none_right = {m: rec("s", "a", "nq", "no", ["Paris"], [Call(m, HTTP, 10)]) for m in (Q7, MIX)}
     assert oracle_choice(none_right, pool) == Q7  # cheapest call when nobody is right
 
 
 # Paired fixture: on nq the router is right on a and b, random only on a; on popqa both are right on d.
 # Router calls Qwen (100 tokens = 30 micro-USD), random calls Mixtral (17 tokens = 20.4 micro-USD).
 PAIRED = [
-    *(rec("router", q, "nq", "Paris", ["Paris"], [Call(Q7, True, 100)]) for q in ("a", "b")),
-    rec("router", "d", "popqa", "Oslo", ["Oslo"], [Call(Q7, True, 100)]),
-    rec("random", "a", "nq", "Paris", ["Paris"], [Call(MIX, True, 17)]),
-    rec("random", "b", "nq", "Lyon", ["Paris"], [Call(MIX, True, 17)]),
-    rec("random", "d", "popqa", "Oslo", ["Oslo"], [Call(MIX, True, 17)]),
+    *(rec("router", q, "nq", "Paris", ["Paris"], [Call(Q7, HTTP, 100)]) for q in ("a", "b")),
+    rec("router", "d", "popqa", "Oslo", ["Oslo"], [Call(Q7, HTTP, 100)]),
+    rec("random", "a", "nq", "Paris", ["Paris"], [Call(MIX, HTTP, 17)]),
+    rec("random", "b", "nq", "Lyon", ["Paris"], [Call(MIX, HTTP, 17)]),
+    rec("random", "d", "popqa", "Oslo", ["Oslo"], [Call(MIX, HTTP, 17)]),
     rec("router", "z", "nq", "x", ["y"], []),  # random never answered z: not paired, not counted
 ]
 
@@ -129,3 +138,67 @@ def test_paired_difference_rejects_bad_input(pool, kwargs, error) -> None:
     args = {"system": "router", "baseline": "random", **kwargs}
     with pytest.raises(ValueError, match=error):
         paired_difference(PAIRED, pool, **args)
+
+
+def avg(system: str, em: float, micro_usd: float) -> SystemMetrics:
+    return SystemMetrics(system, "average", 10, em, em, 1.0, micro_usd * 1e-6, 1.0)
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), [
+    ((0.30, 10.0), (0.20, 20.0), True),    # better and cheaper
+    ((0.30, 20.0), (0.20, 20.0), True),    # better at equal cost
+    ((0.20, 10.0), (0.20, 20.0), False),   # equal EM is not dominance
+    ((0.30, 20.1), (0.20, 20.0), False),   # better but dearer
+    ((0.10, 10.0), (0.20, 20.0), False),
+])
+def test_dominates(a, b, expected) -> None:
+    assert dominates(avg("a", *a), avg("b", *b)) is expected
+
+
+def test_verdict_is_data() -> None:
+    metrics = [avg("router", 0.24, 23.8), avg("random", 0.21, 46.4), avg("oracle", 0.80, 32.7),
+               avg("single:Mixtral", 0.29, 20.4), avg("single:Llama70", 0.30, 154.9)]
+    vs_random = PairedDifference("router", "random", 420, 0.03, (-0.02, 0.08), -22.6e-6, (-27e-6, -18e-6), 0.95, 2000)
+    v = verdict(metrics, [vs_random])
+    assert v == Verdict(dominates_random=True, router_em=0.24, router_usd_per_question=23.8e-6, random_em=0.21,
+                        random_usd_per_question=pytest.approx(46.4e-6), em_vs_random_significant=False,
+                        usd_vs_random_significant=True, oracle_em_gap=pytest.approx(0.56),
+                        oracle_usd_gap=pytest.approx(8.9e-6), dominated_by=("single:Mixtral",))
+    assert v.as_dict()["dominated_by"] == ["single:Mixtral"]
+    no_interval = verdict(metrics)
+    assert no_interval is not None and no_interval.em_vs_random_significant is None
+    assert verdict([m for m in metrics if m.system != "oracle"]) is None  # nothing to judge against
+
+
+def test_comparison_baselines_are_the_fixed_ones_and_the_singles_pareto_front() -> None:
+    metrics = [avg("router", 0.24, 23.8), avg("random", 0.21, 46.4), avg("knn", 0.28, 25.1),
+               avg("cheapest", 0.20, 20.4), avg("single:Mistral", 0.20, 20.4),  # the same model as cheapest
+               avg("single:Mixtral", 0.29, 20.4),  # on the front: best at the lowest cost
+               avg("single:Llama70", 0.30, 154.9),  # on the front: most accurate
+               avg("single:Gemma", 0.22, 42.6),  # dominated by Mixtral
+               SystemMetrics("single:Gemma", "nq", 10, 0.9, 0.9, 1.0, 1e-6, 1.0)]  # per-benchmark rows ignored
+    assert comparison_baselines(metrics) == ["random", "cheapest", "knn", "single:Mixtral", "single:Llama70"]
+    assert comparison_baselines([m for m in metrics if m.system != "router"]) == []
+
+
+def test_calls_keep_the_typed_outcome_of_each_kind_of_result() -> None:
+    reply = CandidateReply(Q7, "It is Paris.", 20, 81, 0.5, origin=CallOrigin.REPLAY_PRIOR)
+    failure = CandidateFailure(MIX, FailureKind.HTTP_STATUS, 503, 2, "503 Service Unavailable", 0.2)
+    assert Call.of_result(reply) == Call(Q7, CallOrigin.REPLAY_PRIOR, 81, 20, 0.5)
+    assert Call.of_result(failure) == Call(MIX, CallOrigin.FAILED, 0, 0, 0.2, FailureKind.HTTP_STATUS,
+                                           "503 Service Unavailable")
+    unknown = CallRecord(1, "qwen-72b", "q", None, 0, 0, 0.0, CallOrigin.UNKNOWN_MODEL, 0.0, 0)
+    assert Call.of_record(unknown) == Call("qwen-72b", CallOrigin.UNKNOWN_MODEL)
+    assert [c.ok for c in (Call.of_result(reply), Call.of_result(failure), Call.of_record(unknown))] == [
+        True, False, False]
+    # stored as plain strings, read back as the enums
+    row = Call.of_result(failure).as_row()
+    assert (row["origin"], row["failure"]) == ("failed", "http_status")
+    assert Call.from_row(row) == Call.of_result(failure)
+
+
+def test_unknown_model_calls_are_not_candidate_failures(pool) -> None:
+    recs = [rec("router", "a", "nq", "x", ["y"], [Call("qwen-72b", CallOrigin.UNKNOWN_MODEL)]),
+            rec("router", "b", "nq", "x", ["y"], [Call(MIX, CallOrigin.FAILED, failure=FailureKind.CONNECT)])]
+    (nq, _avg) = aggregate(recs, pool)
+    assert (nq.candidate_failures, nq.calls_per_question, nq.usd_per_question) == (1, 0.0, 0.0)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -57,13 +58,14 @@ def test_served_router_plays_the_same_episode_as_in_process(pool) -> None:
                                       limits=LIMITS)
             finally:
                 await gen.aclose()
-            return t, srv.requests
+            return t, srv.requests, srv.total_requests
 
-    served, requests = asyncio.run(remote())
+    served, requests, total = asyncio.run(remote())
     assert served.response_text == local.response_text and served.answer == "Paris"
     assert served.loss_mask == local.loss_mask and [c.model for c in served.calls] == ROUTE
-    # three policy turns: ask Qwen, ask Mixtral, answer; prompts went as token ids
-    assert len(requests) == 3
+    # three policy turns: ask Qwen, ask Mixtral, answer; prompts went as token ids (the text
+    # endpoint logs no chat messages), and nothing was retried
+    assert requests == [("router", [])] * 3 and total == 3
 
 
 def test_request_body(pool) -> None:
@@ -113,30 +115,40 @@ def test_retries_transient_faults_then_succeeds() -> None:
                 out = await gen.generate([1], max_new_tokens=32, stop=["</answer>"])
             finally:
                 await gen.aclose()
-            return out, gen.attempts
+            return out, gen.attempts, (srv.total_requests, srv.completions)
 
-    out, attempts = asyncio.run(go())
-    assert TOK.decode(out.token_ids) == "<answer> ok</answer>" and attempts == 3
+    out, attempts, served = asyncio.run(go())
+    assert TOK.decode(out.token_ids) == "<answer> ok</answer>" and out.finish_reason == "stop"
+    assert attempts == 3 and served == (3, 1)  # 503, dropped connection, then the reply
 
 
-@pytest.mark.parametrize(("faults", "message"), [
-    ([Fault.http_status(400)], r"/completions: HTTP 400: .*scripted 400"),
-    ([Fault.malformed_json()], r"/completions: malformed reply"),
-    ([Fault.not_completion({"choices": []})], r"/completions: malformed reply"),
-    ([Fault.not_completion({"choices": [{"finish_reason": "stop"}]})], r"/completions: reply has no choices\[0\].text"),
-    ([Fault.http_status(503)] * 3, r"/completions: gave up after 3 attempts \(HTTP 503\)"),
+_SCRIPTED_400 = '{"error": {"message": "scripted 400", "type": "server_error", "code": null}}'
+
+
+@pytest.mark.parametrize(("faults", "message", "attempts"), [
+    # messages are regular expressions after the "<base_url>/completions: " prefix
+    ([Fault.http_status(400)], re.escape(f"HTTP 400: {_SCRIPTED_400}"), 1),
+    # half a completion body, which includes a timestamp: only its start is fixed
+    ([Fault.malformed_json()], re.escape("""malformed reply: '{"id": "cmpl-fake-0", "object": "text_completion", """)
+     + ".*'", 1),
+    ([Fault.not_completion({"choices": []})], re.escape("""malformed reply: '{"choices": []}'"""), 1),
+    ([Fault.not_completion({"choices": [{"finish_reason": "stop"}]})], re.escape("reply has no choices[0].text"), 1),
+    ([Fault.http_status(503)] * 3, re.escape("gave up after 3 attempts (HTTP 503)"), 3),
 ])
-def test_policy_server_faults(faults, message) -> None:
+def test_policy_server_faults(faults, message, attempts) -> None:
     async def go():
         with FakeOpenAIServer(faults=faults) as srv:
             gen = policy(srv.base_url, max_attempts=3)
             try:
-                await gen.generate([1], max_new_tokens=8, stop=["</answer>"])
+                with pytest.raises(PolicyServerError) as err:
+                    await gen.generate([1], max_new_tokens=8, stop=["</answer>"])
             finally:
                 await gen.aclose()
+            return str(err.value), srv.base_url, gen.attempts, srv.total_requests
 
-    with pytest.raises(PolicyServerError, match=message):
-        asyncio.run(go())
+    text, url, sent, served = asyncio.run(go())
+    assert re.fullmatch(re.escape(f"{url}/completions: ") + message, text), text
+    assert sent == served == attempts  # only the transient 503 is retried
 
 
 def test_dead_policy_server() -> None:
@@ -149,18 +161,19 @@ def test_dead_policy_server() -> None:
         finally:
             await gen.aclose()
 
-    with pytest.raises(PolicyServerError, match=rf"{url}/completions: gave up after 2 attempts \(ConnectError"):
+    message = f"{url}/completions: gave up after 2 attempts (ConnectError: All connection attempts failed)"
+    with pytest.raises(PolicyServerError, match=f"^{re.escape(message)}$"):
         asyncio.run(go())
 
 
 @pytest.mark.parametrize(("kw", "message"), [
-    ({"base_url": "127.0.0.1:8000/v1"}, r"policy base_url must be an http\(s\) URL, got '127.0.0.1:8000/v1'"),
+    ({"base_url": "127.0.0.1:8000/v1"}, "policy base_url must be an http(s) URL, got '127.0.0.1:8000/v1'"),
     ({"max_attempts": 0}, "max_attempts must be >= 1"),
-    ({"temperature": 0.0}, r"temperature must be > 0 and top_p in \(0, 1\]"),
-    ({"top_p": 1.5}, r"temperature must be > 0 and top_p in \(0, 1\]"),
+    ({"temperature": 0.0}, "temperature must be > 0 and top_p in (0, 1]"),
+    ({"top_p": 1.5}, "temperature must be > 0 and top_p in (0, 1]"),
 ])
 def test_bad_config(kw, message) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         PolicyServerConfig(**{"base_url": "http://127.0.0.1:1/v1", "model": "m", **kw})
 
 
@@ -169,14 +182,17 @@ def test_evaluation_picks_the_profiles_policy(repo_root: Path, tmp_path: Path) -
 
     params = load_params(repo_root / "params.yaml")
     gpu = params.model_copy(update={"profile": "gpu"})
-    ep = params.require("evaluate_router")
-    with pytest.raises(FileNotFoundError, match="no trained router"):
-        policy_generator(gpu, ep, tmp_path, environ={})
+    ep = params.evaluate_router
+    missing = f"{tmp_path}: no trained router (config.json missing); run train_router first"
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(missing)}$"):
+        policy_generator(gpu, tmp_path, environ={})
     router = tmp_path / "router"
     router.mkdir()
     (router / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match="set ROUTEROPS_ROUTER_BASE_URL to the router server's base URL"):
-        policy_generator(gpu, ep, router, environ={})
-    no_entry = ep.model_copy(update={"policy": {"local": "transformers"}})
-    with pytest.raises(ValueError, match=r"evaluate_router\.policy has no entry for profile 'gpu'"):
-        policy_generator(gpu, no_entry, router, environ={})
+    unset = ("evaluate_router.policy is 'completions' for profile 'gpu': set ROUTEROPS_ROUTER_BASE_URL "
+             "to the router server's base URL (ending in /v1)")
+    with pytest.raises(ValueError, match=f"^{re.escape(unset)}$"):
+        policy_generator(gpu, router, environ={})
+    # A policy table without the profile is refused when the params are read, before any stage runs.
+    with pytest.raises(ValueError, match=re.escape("policy needs an entry for every profile; missing: gpu")):
+        type(ep).model_validate({**ep.model_dump(), "policy": {"local": "transformers"}})

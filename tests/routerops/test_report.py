@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from routerops.evaluation import PairedDifference, SystemMetrics
-from routerops.report import dominates, pareto_figure, pareto_plot, render_report
+from routerops.evaluation import Decoding, PairedDifference, SystemMetrics, verdict
+from routerops.report import pareto_figure, pareto_plot, render_report, render_summary
+
+GREEDY = Decoding("greedy", 0, 1.0, 0.95)
 
 
 def avg(system: str, em: float, micro_usd: float, **kw) -> SystemMetrics:
@@ -19,17 +21,6 @@ CROWDED = [
     avg("single:Mistral-7B-Instruct", 0.205, 20.4), avg("single:Mixtral-8x22B-Instruct", 0.293, 20.4),
     avg("single:Qwen2.5-7B-Instruct", 0.152, 24.3),
 ]
-
-
-@pytest.mark.parametrize(("a", "b", "expected"), [
-    ((0.30, 10.0), (0.20, 20.0), True),    # better and cheaper
-    ((0.30, 20.0), (0.20, 20.0), True),    # better at equal cost
-    ((0.20, 10.0), (0.20, 20.0), False),   # equal EM is not dominance
-    ((0.30, 20.1), (0.20, 20.0), False),   # better but dearer
-    ((0.10, 10.0), (0.20, 20.0), False),
-])
-def test_dominates(a, b, expected) -> None:
-    assert dominates(avg("a", *a), avg("b", *b)) is expected
 
 
 def test_pareto_labels_join_coinciding_points_and_never_overlap() -> None:
@@ -62,9 +53,9 @@ def diff(baseline: str, em: float, em_ci: tuple[float, float], usd: float, usd_c
 def test_report_states_dominance_significance_and_oracle_distance(pool) -> None:
     differences = [diff("random", 0.026, (-0.029, 0.081), -22.7, (-27.2, -18.3)),
                    diff("single:Mixtral-8x22B-Instruct", -0.052, (-0.074, -0.031), 3.3, (2.5, 4.2))]
-    text = render_report(CROWDED, pool, {"mode": "greedy", "seed": 0}, {"calls": 10, "replayed_from_recorded": 4,
-                                                                        "drawn_from_priors": 6},
-                         plot="pareto.png", differences=differences)
+    replay = {"calls": 10, "replayed_from_recorded": 4, "drawn_from_priors": 6}
+    text = render_report(CROWDED, pool, GREEDY, replay, plot="pareto.png", differences=differences,
+                         verdict=verdict(CROWDED, differences))
     assert ("The router dominates the random baseline (EM 0.240 vs 0.214, 23.8 vs 46.4 micro-USD). "
             "At 95% (paired bootstrap) the EM difference is not significant (-0.029 .. +0.081) and the cost "
             "difference is significant (-27.2 .. -18.3 micro-USD).") in text
@@ -73,10 +64,15 @@ def test_report_states_dominance_significance_and_oracle_distance(pool) -> None:
     assert "| Router-R1-Qwen (paper, alpha=0) |" in text  # the paper's numbers, labelled as the paper's
     assert "Candidate replies: 4 of 10 calls replayed from recorded scores, 6 drawn from priors." in text
     assert text.rstrip().endswith("![EM against cost](pareto.png)")
+    # the summary is the report's answer to "deploy it?": averages, verdict and intervals, no more
+    summary = render_summary(CROWDED, pool, GREEDY, replay, differences, verdict(CROWDED, differences))
+    assert "Distance from the oracle (an upper bound): EM +0.558" in summary
+    assert "| single:Mixtral-8x22B-Instruct | 420 | -0.052 |" in summary
+    assert "Exact match per benchmark" not in summary and "Router-R1-Qwen" not in summary
 
 
 def test_report_says_when_the_router_does_not_dominate(pool) -> None:
-    worse = [avg("router", 0.20, 50.0), avg("random", 0.214, 46.4)]
-    text = render_report(worse, pool, {"mode": "sampled", "seed": 1}, {})
+    worse = [avg("router", 0.20, 50.0), avg("random", 0.214, 46.4), avg("oracle", 0.5, 30.0)]
+    text = render_report(worse, pool, Decoding("sampled", 1, 1.0, 0.95), {}, verdict=verdict(worse))
     assert "The router does NOT dominate the random baseline" in text
     assert "Router minus each baseline" not in text  # no differences given, no table

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import pytest
 
 from routerops.candidates.budget import RequestBudget, RunBudget
-from routerops.candidates.types import CandidateFailure, CandidateReply, FailureKind, QuestionInfo
+from routerops.candidates.types import CallOrigin, CandidateFailure, CandidateReply, FailureKind, QuestionInfo
 from routerops.policy import ScriptedRouter
 from routerops.protocol import check_format
 from routerops.rollout import Generation, PromptTooLong, RolloutLimits, run_episode, run_episodes
@@ -36,19 +36,26 @@ class Turns:
 
 
 class Fixed:
-    """A candidate backend with a fixed reply; records concurrency."""
+    """A candidate backend with a fixed reply; records concurrency. With `gate=N` every call waits
+    until N calls are in flight at once (bounded by a generous timeout), which proves overlap
+    without depending on how fast anything runs."""
 
-    def __init__(self, reply: str = "It is Paris.", tokens: int = 100, delay: float = 0.0, fail: bool = False):
-        self.reply, self.tokens, self.delay, self.fail = reply, tokens, delay, fail
+    def __init__(self, reply: str = "It is Paris.", tokens: int = 100, gate: int = 0, fail: bool = False):
+        self.reply, self.tokens, self.gate, self.fail = reply, tokens, gate, fail
         self.calls: list[tuple[str, str]] = []
         self.in_flight = self.max_in_flight = 0
+        self._all_in: asyncio.Event | None = None
 
     async def call(self, candidate, query, context=None):
         self.calls.append((candidate.name, query))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            await asyncio.sleep(self.delay)
+            if self.gate:
+                self._all_in = self._all_in or asyncio.Event()
+                if self.in_flight >= self.gate:
+                    self._all_in.set()
+                await asyncio.wait_for(self._all_in.wait(), timeout=120)
         finally:
             self.in_flight -= 1
         if self.fail:
@@ -110,13 +117,17 @@ def test_unknown_model_gets_none_at_zero_cost(pool) -> None:
     t = run(Turns(["<think>a</think><search>qwen-72b: q</search>", "<think>b</think><answer>x</answer>"]), backend, pool)
     assert backend.calls == []
     assert "<information>None</information>" in t.response_text
-    assert t.calls[0].origin == "unknown_model" and t.cost_usd == 0.0
+    assert t.calls[0].origin is CallOrigin.UNKNOWN_MODEL and t.calls[0].failure is None and t.cost_usd == 0.0
+    assert t.calls[0].ok is False and t.calls[0].model == "qwen-72b"
 
 
 def test_candidate_failure_is_recorded_and_costs_nothing(pool) -> None:
     t = run(Turns([f"<think>a</think><search>{Q}: q</search>", "<think>b</think><answer>x</answer>"]),
             Fixed(fail=True), pool)
-    assert t.calls[0].ok is False and t.calls[0].failure.startswith("timeout") and t.cost_usd == 0.0
+    c = t.calls[0]
+    assert (c.ok, c.origin, c.failure, c.failure_detail, c.attempts) == (
+        False, CallOrigin.FAILED, FailureKind.TIMEOUT, "read timeout", 3)
+    assert t.cost_usd == 0.0
     assert "<information>None</information>" in t.response_text
     assert t.usages() == []
 
@@ -152,8 +163,9 @@ def test_context_budget_stops_the_episode(pool) -> None:
 
 
 def test_prompt_too_long_is_a_typed_error(pool) -> None:
-    limits = RolloutLimits(max_prompt_tokens=5, max_context_tokens=100)
-    with pytest.raises(PromptTooLong, match="q1: prompt has"):
+    limits = RolloutLimits(max_turns=4, max_tokens_per_turn=10, max_obs_tokens=10, max_prompt_tokens=5,
+                           max_context_tokens=100)
+    with pytest.raises(PromptTooLong, match=r"^question q1: prompt has 29 tokens, limit is 5$"):
         run(Turns(["x"]), Fixed(), pool, limits)
 
 
@@ -163,12 +175,13 @@ def test_request_budget_refuses_calls_once_spent(pool) -> None:
     backend = Fixed()
     t = run(Turns([f"<think>a</think><search>{Q}: q</search>"]), backend, pool, budget=budget)
     assert [c.ok for c in t.calls] == [True, False, False, False]
-    assert t.calls[1].failure.startswith("budget")
+    assert (t.calls[1].failure, t.calls[1].failure_detail) == (FailureKind.BUDGET,
+                                                               "request budget spent: $0.000030 of $0.000030")
     assert run_budget.spent_usd == pytest.approx(100 * 0.3e-6)
 
 
 def test_calls_overlap_across_trajectories(pool) -> None:
-    backend = Fixed(delay=0.05)
+    backend = Fixed(gate=8)
     router = ScriptedRouter(TOK, [Q])
     items = [(QuestionInfo(f"q{i}", f"question {i}?"), TOK.encode(f"Question: question {i}?\n")) for i in range(8)]
     trajs = asyncio.run(run_episodes(items, concurrency=8, generator=router, tokenizer=TOK, pool=pool,
@@ -185,8 +198,14 @@ def test_run_episodes_validates_arguments(pool) -> None:
         asyncio.run(run_episodes([], budgets=[None]))
 
 
-def test_limits_validate() -> None:
-    with pytest.raises(ValueError, match="max_prompt_tokens must be below"):
-        RolloutLimits(max_prompt_tokens=10, max_context_tokens=10)
-    with pytest.raises(ValueError, match="max_obs_tokens must be positive"):
-        RolloutLimits(max_obs_tokens=0)
+@pytest.mark.parametrize(("fields", "error"), [
+    ({"max_prompt_tokens": 10, "max_context_tokens": 10}, "max_prompt_tokens must be below max_context_tokens"),
+    ({"max_obs_tokens": 0}, "max_obs_tokens must be positive, got 0"),
+    ({"max_turns": -1}, "max_turns must be positive, got -1"),
+    ({"max_tokens_per_turn": 0}, "max_tokens_per_turn must be positive, got 0"),
+])
+def test_limits_validate(fields, error) -> None:
+    base = {"max_turns": 4, "max_tokens_per_turn": 8, "max_obs_tokens": 8, "max_prompt_tokens": 8,
+            "max_context_tokens": 32}
+    with pytest.raises(ValueError, match=f"^{error}$"):
+        RolloutLimits(**{**base, **fields})

@@ -54,7 +54,20 @@ def test_no_train_question_in_evaluation(built) -> None:
 
 
 def test_build_is_deterministic(built, params, pool, shared_data) -> None:
-    assert run(params, Inputs(pool, shared_data)).rl == built.rl
+    again = run(params, Inputs(pool, shared_data))
+    assert (again.rl, again.canonical, again.card, again.summary) == (built.rl, built.canonical, built.card,
+                                                                        built.summary)
+
+
+def test_summary_states_the_card_in_words(built, pool) -> None:
+    removed = sum(n for split in built.card["duplicates_removed"].values() for n in split.values())
+    assert built.summary.splitlines() == [
+        "# Dataset", "",
+        "| split | rows per source |", "|---|---|",
+        "| train | hotpotqa 400, nq 400, triviaqa 200 |",
+        "| validation | 2wikimultihopqa 25, hotpotqa 25, musique 25, nq 25, popqa 25, triviaqa 25 |",
+        "| test | 2wikimultihopqa 60, bamboogle 60, hotpotqa 60, musique 60, nq 60, popqa 60, triviaqa 60 |",
+        "", f"Duplicates removed: {removed}; raw rows rejected: 0; pool snapshot {pool.snapshot_id}."]
 
 
 def test_outputs_written_atomically(built, tmp_path) -> None:
@@ -64,7 +77,8 @@ def test_outputs_written_atomically(built, tmp_path) -> None:
     assert pq.read_table(out / "rl" / "train.parquet").num_rows == len(built.rl["train"])
     before = sorted(p.name for p in out.rglob("*"))
 
-    broken = type(built)(rl={"train": [{"x": object()}]}, canonical=[], card={})  # unserialisable
+    assert (out / "summary.md").read_text() == built.summary
+    broken = type(built)(rl={"train": [{"x": object()}]}, canonical=[], card={}, summary="")  # unserialisable
     with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):
         write(broken, out, tmp_path / "card2.json")
     assert sorted(p.name for p in out.rglob("*")) == before  # previous output untouched

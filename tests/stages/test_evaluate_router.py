@@ -4,14 +4,15 @@ import asyncio
 import json
 
 import pyarrow.parquet as pq
+import pytest
 
 from routerops.candidates.client import ClientConfig, OpenAIChatClient
 from routerops.candidates.replay import QualityMatrix, ReplayPool
-from routerops.candidates.types import QuestionInfo
-from routerops.evaluation import EvalRecord, SystemMetrics, aggregate, reprice_records
+from routerops.candidates.types import CallOrigin, FailureKind, QuestionInfo
+from routerops.evaluation import Decoding, EvalRecord, aggregate, reprice_records, verdict
 from routerops.pool import parse_pool
 from routerops.testing.fakeserver import FakeOpenAIServer, Fault
-from stages.evaluate_router import comparison_baselines, single_calls, write
+from stages.evaluate_router import Outputs, single_calls, write
 
 QUESTIONS = [QuestionInfo(f"nq:test:{i}", f"who wrote book number {i}?", "nq", (f"Author {i}",)) for i in range(8)]
 
@@ -40,10 +41,10 @@ def test_reprice_equals_a_fresh_evaluation_with_zero_calls(pool, shared_data) ->
     new_pool = parse_pool({"pricing": raw["pricing"], "candidates": raw["candidates"]})
 
     old_backend = Counting(ReplayPool(matrix, seed=0))
-    old = records(asyncio.run(single_calls(QUESTIONS, pool, old_backend, 8, "t", False)))
+    old = records(asyncio.run(single_calls(QUESTIONS, pool, old_backend, 8, "t")))
     assert old_backend.calls == len(QUESTIONS) * len(pool)
     fresh_backend = Counting(ReplayPool(matrix, seed=0))
-    fresh = records(asyncio.run(single_calls(QUESTIONS, new_pool, fresh_backend, 8, "t", False)))
+    fresh = records(asyncio.run(single_calls(QUESTIONS, new_pool, fresh_backend, 8, "t")))
 
     repriced = reprice_records(old, new_pool)  # takes no backend at all: zero calls by construction
     expected = aggregate(fresh, new_pool)
@@ -52,7 +53,9 @@ def test_reprice_equals_a_fresh_evaluation_with_zero_calls(pool, shared_data) ->
                        m.calls_per_question, tuple(m.call_share.items()), m.candidate_failures) for m in ms)
 
     assert comparable(repriced) == comparable(expected)
-    assert any(m.usd_per_question > 0 for m in repriced)
+    before = {(m.system, m.data_source): m.usd_per_question for m in aggregate(old, pool)}
+    assert all(m.usd_per_question == pytest.approx(3 * before[(m.system, m.data_source)]) for m in repriced)
+    assert min(before.values()) > 0  # every single call is paid, so tripled prices show
 
 
 def test_candidate_outage_is_counted_and_outputs_are_written(pool, tmp_path) -> None:
@@ -65,7 +68,7 @@ def test_candidate_outage_is_counted_and_outputs_are_written(pool, tmp_path) -> 
             client = OpenAIChatClient(ClientConfig(max_attempts=2, backoff_base_s=0.01, backoff_max_s=0.02,
                                                    read_timeout_s=2), base_url=server.base_url, api_key="k")
             try:
-                return await single_calls(QUESTIONS, pool, client, 8, "t", False)
+                return await single_calls(QUESTIONS, pool, client, 8, "t")
             finally:
                 await client.aclose()
 
@@ -76,29 +79,24 @@ def test_candidate_outage_is_counted_and_outputs_are_written(pool, tmp_path) -> 
     assert avg["single:Mixtral-8x22B-Instruct"].usd_per_question == 0.0
     assert avg["single:Qwen2.5-7B-Instruct"].candidate_failures == 0
     failed = next(r for r in recs if r.system == "single:Mixtral-8x22B-Instruct")
-    assert failed.calls[0].failure.startswith("http_status") and failed.answer is None
+    call = failed.calls[0]
+    assert (call.origin, call.failure, call.ok, failed.answer) == (CallOrigin.FAILED, FailureKind.HTTP_STATUS,
+                                                                    False, None)
 
-    result = {"records": recs, "metrics": aggregate(recs, pool), "replay": {},
-              "decoding": {"mode": "greedy", "seed": 0}}
-    report = write(result, pool, tmp_path / "evaluation", tmp_path / "metrics.json")
-    assert "candidate failures" in report.read_text() and (tmp_path / "evaluation" / "pareto.png").stat().st_size > 0
+    metrics = tuple(aggregate(recs, pool))
+    out = Outputs(tuple(recs), metrics, (), verdict(metrics), {}, Decoding("greedy", 0, 1.0, 0.95), pool)
+    write(out, tmp_path / "evaluation", tmp_path / "metrics.json")
+    report = (tmp_path / "evaluation" / "report.md").read_text()
+    assert "| single:Mixtral-8x22B-Instruct | 0.000 | 0.000 | 1.000 | 0.0 | 0.00 |" in report
+    assert (tmp_path / "evaluation" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    summary = (tmp_path / "evaluation" / "summary.md").read_text()
+    assert summary.startswith("# Router evaluation") and "Exact match per benchmark" not in summary
     assert pq.read_table(tmp_path / "evaluation" / "trajectories.parquet").num_rows == len(recs)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["average"]["single:Mixtral-8x22B-Instruct"]["candidate_failures"] == len(QUESTIONS)
     nq = metrics["per_benchmark"]["single:Qwen2.5-7B-Instruct"]["nq"]
     assert nq["questions"] == len(QUESTIONS) and nq["call_share"] == {"Qwen2.5-7B-Instruct": 1.0}
-    assert nq["candidate_failures"] == 0 and {"latency_p50_s", "latency_p95_s", "f1"} <= set(nq)
-
-
-def test_router_is_compared_with_fixed_baselines_and_the_singles_pareto_front() -> None:
-    def avg(system, em, micro_usd):
-        return SystemMetrics(system, "average", 10, em, em, 1.0, micro_usd * 1e-6, 1.0)
-
-    metrics = [avg("router", 0.24, 23.8), avg("random", 0.21, 46.4), avg("knn", 0.28, 25.1),
-               avg("cheapest", 0.20, 20.4), avg("single:Mistral", 0.20, 20.4),  # the same model as cheapest
-               avg("single:Mixtral", 0.29, 20.4),  # on the front: best at the lowest cost
-               avg("single:Llama70", 0.30, 154.9),  # on the front: most accurate
-               avg("single:Gemma", 0.22, 42.6),  # dominated by Mixtral
-               SystemMetrics("single:Gemma", "nq", 10, 0.9, 0.9, 1.0, 1e-6, 1.0)]  # per-benchmark rows ignored
-    assert comparison_baselines(metrics) == ["random", "cheapest", "knn", "single:Mixtral", "single:Llama70"]
-    assert comparison_baselines([m for m in metrics if m.system != "router"]) == []
+    assert nq["candidate_failures"] == 0
+    assert set(nq) == {"questions", "em", "f1", "format_valid", "usd_per_question", "calls_per_question",
+                       "call_share", "latency_p50_s", "latency_p95_s", "candidate_failures"}
+    assert metrics["verdict"] is None and metrics["router_minus"] == {}  # no router was evaluated

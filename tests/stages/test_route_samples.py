@@ -15,4 +15,16 @@ def test_route_samples_answers_real_questions(repo_root, shared_data, pool) -> N
     assert s["usd_per_question"] == sum(t["cost_usd"] for t in out.traces) / 6
     assert s["pool_snapshot"] == pool.snapshot_id
     # deterministic: the same params give the same traces
-    assert run(params, Inputs(pool, shared_data)).traces == out.traces
+    again = run(params, Inputs(pool, shared_data))
+    assert (again.traces, again.markdown) == (out.traces, out.markdown)
+    assert out.markdown.startswith("# Scripted router on real NQ questions (replay pool)\n")
+    assert f"| pool snapshot / prices | {pool.snapshot_id} / {pool.pricing.id} |" in out.markdown
+
+
+def test_route_samples_rejects_a_demo_model_not_in_the_pool(repo_root, shared_data, pool) -> None:
+    import pytest
+
+    params = load_params(repo_root / "params.yaml")
+    params = params.model_copy(update={"demo": params.demo.model_copy(update={"route_to": ("GPT-9",)})})
+    with pytest.raises(KeyError, match=r"^\"'GPT-9' is not in pool "):
+        run(params, Inputs(pool, shared_data))

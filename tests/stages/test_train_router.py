@@ -2,28 +2,40 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from routerops.config import load_params
+from routerops.codebase import import_closure
+from routerops.config import Params, load_params
 from stages.build_dataset import Inputs as BuildInputs
 from stages.build_dataset import run as build
-from stages.build_dataset import write
-from stages.train_router import TRAINING_CODE, Inputs, code_hash, fingerprint, prepare_checkpoints, run_local
+from stages.build_dataset import write as write_dataset
+from stages.train_router import (
+    CODE_MODULES,
+    Inputs,
+    TrainingLaunchError,
+    fingerprint,
+    prepare_checkpoints,
+    run,
+    write,
+)
 
 # Small enough for seconds per run on 2 cores, big enough to learn the format.
 TINY = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
-        "num_kv_heads": 2, "copy_drills": 0, "context_drills": 0, "grpo_drills_per_step": 2, "sft_examples": 1000, "sft_epochs": 3, "sft_batch_size": 16,
-        "sft_lr": 0.006, "grpo_steps": 4, "questions_per_step": 4, "group_size": 3, "checkpoint_every": 2}
+        "num_kv_heads": 2, "copy_drills": 0, "context_drills": 0, "grpo_drills_per_step": 2, "sft_examples": 1000,
+        "sft_epochs": 3, "sft_batch_size": 16, "sft_lr": 0.006, "grpo_steps": 4, "questions_per_step": 4,
+        "group_size": 3, "checkpoint_every": 2}
 
 
-def tiny_params(repo_root: Path, **local):
+def tiny_params(repo_root: Path, **local) -> Params:
     params = load_params(repo_root / "params.yaml")
     tp = params.train_router
     return params.model_copy(update={"train_router": tp.model_copy(update={
@@ -31,26 +43,43 @@ def tiny_params(repo_root: Path, **local):
 
 
 @pytest.fixture(scope="module")
-def inputs(repo_root, pool, shared_data, tmp_path_factory) -> Inputs:
+def dataset(repo_root, pool, shared_data, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data") / "dataset"
     params = load_params(repo_root / "params.yaml")
-    write(build(params, BuildInputs(pool, shared_data)), d, d.parent / "card.json")
-    return Inputs(pool, d, shared_data / "pool")
+    write_dataset(build(params, BuildInputs(pool, shared_data)), d, d.parent / "card.json")
+    return d
+
+
+def inputs_for(pool, dataset: Path, shared_data: Path, ckpt: Path, root: Path) -> Inputs:
+    return Inputs(pool, dataset, shared_data, ckpt, root)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # several CPU trainings; ~1-3 min on an idle 2-core machine
-def test_short_local_run_learns_the_format(repo_root, inputs, tmp_path) -> None:
-    summary = run_local(tiny_params(repo_root), inputs, tmp_path / "router", tmp_path / "ckpt", progress=False)
-    hist = summary["history"]
-    untrained, final = hist[0], hist[-1]
+def test_short_local_run_learns_the_format(repo_root, pool, dataset, shared_data, tmp_path) -> None:
+    params = tiny_params(repo_root)
+    out = run(params, inputs_for(pool, dataset, shared_data, tmp_path / "ckpt", repo_root))
+    untrained, final = out.history[0], out.history[-1]
     assert untrained["phase"] == "untrained" and final["step"] == TINY["grpo_steps"]
     assert untrained["format_valid"] == 0.0 and untrained["reward"] == -1.0
+    # learning, not an exact value: the trained policy's samples are valid and score far above -1
     assert final["format_valid"] > 0.5 and final["reward"] > untrained["reward"] + 0.5
-    assert summary["replay"]["calls"] > 0
-    # the exported policy is a loadable HuggingFace directory with its lineage note
+    s = out.summary
+    assert (s.backend, s.steps, s.resumed, s.final_window_steps) == ("local", TINY["grpo_steps"], False, 4)
+    assert s.start is not None and s.final is not None and set(s.final.call_share) == set(pool.names)
+    assert s.replay is not None
+    assert s.replay["calls"] == s.replay["replayed_from_recorded"] + s.replay["drawn_from_priors"]
+    assert s.replay["calls"] >= TINY["sft_examples"]  # every synthetic warm-start trajectory calls a model
+
+    write(out, tmp_path / "router", tmp_path / "train.json", tmp_path / "history.csv")
     meta = json.loads((tmp_path / "router" / "routerops.json").read_text())
-    assert meta["pool_snapshot"] == inputs.pool.snapshot_id and (tmp_path / "router" / "config.json").is_file()
+    assert meta == {"backend": "local", "pool_snapshot": pool.snapshot_id, "prices_id": pool.pricing.id,
+                    "alpha": params.rewards.alpha, "steps": TINY["grpo_steps"], "seed": params.train_router.seed}
+    assert (tmp_path / "router" / "config.json").is_file()
+    assert (tmp_path / "router" / "summary.md").read_text().startswith("# Router training\n")
+    assert json.loads((tmp_path / "train.json").read_text()) == json.loads(json.dumps(s.as_json()))
+    rows = (tmp_path / "history.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(out.history) and rows[0].startswith("step,phase,reward,format_valid,em")
 
 
 KILLED_RUN = textwrap.dedent("""
@@ -59,7 +88,7 @@ KILLED_RUN = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from routerops.config import load_params
     from routerops.pool import load_pool
-    from stages.train_router import Inputs, run_local
+    from stages.train_router import Inputs, run
     from routerops.training import local_backend
     kill_at = int(os.environ["KILL_AT_STEP"])
     class Killer(local_backend.LocalTrainer):
@@ -71,39 +100,38 @@ KILLED_RUN = textwrap.dedent("""
     tp = params.train_router
     params = params.model_copy(update={{"train_router": tp.model_copy(update={{
         "local": tp.local.model_copy(update={tiny!r})}})}})
-    inputs = Inputs(load_pool({pool!r}), Path({dataset!r}), Path({replay!r}))
-    run_local(params, inputs, Path({out!r}), Path({ckpt!r}), progress=False)
+    run(params, Inputs(load_pool({pool!r}), Path({dataset!r}), Path({data!r}), Path({ckpt!r}), Path({root!r})))
 """)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # several CPU trainings; ~1-3 min on an idle 2-core machine
-def test_killed_run_resumes_exactly(repo_root, inputs, tmp_path) -> None:
+def test_killed_run_resumes_exactly(repo_root, pool, dataset, shared_data, tmp_path) -> None:
+    deadline = time.monotonic() + 840  # inside the test's own timeout, whatever else the machine runs
     params = tiny_params(repo_root)
-    ref = run_local(params, inputs, tmp_path / "ref-router", tmp_path / "ref-ckpt", progress=False)
+    ref = run(params, inputs_for(pool, dataset, shared_data, tmp_path / "ref-ckpt", repo_root))
 
     script = tmp_path / "killed.py"
     script.write_text(KILLED_RUN.format(
         root=str(repo_root), params=str(repo_root / "params.yaml"), tiny=TINY, pool=str(repo_root / "pool.yaml"),
-        dataset=str(inputs.dataset_dir), replay=str(inputs.replay_dir), out=str(tmp_path / "router"),
-        ckpt=str(tmp_path / "ckpt")))
+        dataset=str(dataset), data=str(shared_data), ckpt=str(tmp_path / "ckpt")))
     proc = subprocess.run([sys.executable, str(script)], env={**os.environ, "KILL_AT_STEP": "3"},
-                          capture_output=True, text=True, timeout=170)
+                          capture_output=True, text=True, timeout=max(1.0, deadline - time.monotonic()))
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert not (tmp_path / "router").exists()  # nothing half-exported
     steps = sorted(p.name for p in (tmp_path / "ckpt").glob("step_*"))
     assert steps == ["step_00002"]  # killed after step 3, before the step-4 checkpoint
 
-    resumed = run_local(params, inputs, tmp_path / "router", tmp_path / "ckpt", progress=False)
-    assert resumed["resumed"] is True
-    assert resumed["history"] == ref["history"]
+    resumed = run(params, inputs_for(pool, dataset, shared_data, tmp_path / "ckpt", repo_root))
+    assert resumed.summary.resumed is True
+    assert resumed.history == ref.history
     a = torch.load(tmp_path / "ckpt" / "step_00004" / "model.pt")
     b = torch.load(tmp_path / "ref-ckpt" / "step_00004" / "model.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_changed_inputs_clear_old_checkpoints(repo_root, inputs, tmp_path) -> None:
+def test_changed_inputs_clear_old_checkpoints(repo_root, pool, dataset, shared_data, tmp_path) -> None:
     params = tiny_params(repo_root)
+    inputs = inputs_for(pool, dataset, shared_data, tmp_path / "c", repo_root)
     fp = fingerprint(params, inputs)
     assert prepare_checkpoints(tmp_path / "c", fp) is False
     (tmp_path / "c" / "step_00002").mkdir()
@@ -112,20 +140,39 @@ def test_changed_inputs_clear_old_checkpoints(repo_root, inputs, tmp_path) -> No
                         inputs)
     assert other != fp
     assert prepare_checkpoints(tmp_path / "c", other) is False and not (tmp_path / "c" / "step_00002").exists()
-    # checkpoint cadence is not part of the fingerprint; the training code is
+    # checkpoint cadence is not part of the fingerprint
     assert fingerprint(tiny_params(repo_root, checkpoint_every=1), inputs) == fp
-    assert set(TRAINING_CODE) >= {"routerops/training", "routerops/policy.py", "stages/train_router.py"}
 
 
-def test_code_change_changes_the_fingerprint(repo_root, tmp_path) -> None:
-    import shutil
+def test_the_fingerprint_covers_exactly_the_code_the_stage_runs(repo_root, pool, dataset, shared_data,
+                                                                tmp_path) -> None:
+    code = import_closure(CODE_MODULES, repo_root)
+    assert {"stages/train_router.py", "routerops/policy.py", "routerops/training/local_backend.py",
+            "routerops/rewards.py"} <= set(code)
+    for rel in (*code, "routerops/report.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(repo_root / rel, tmp_path / rel)
+    params = tiny_params(repo_root)
 
-    for rel in TRAINING_CODE:
-        src = repo_root / rel
-        dst = tmp_path / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, dst)
-    before = code_hash(tmp_path)
-    assert before == code_hash(repo_root)
-    (tmp_path / "routerops" / "policy.py").write_text((tmp_path / "routerops" / "policy.py").read_text() + "\n# x\n")
-    assert code_hash(tmp_path) != before
+    def fp() -> str:
+        return fingerprint(params, inputs_for(pool, dataset, shared_data, tmp_path / "c", tmp_path))
+
+    before = fp()
+    assert before == fingerprint(params, inputs_for(pool, dataset, shared_data, tmp_path / "c", repo_root))
+    (tmp_path / "routerops" / "report.py").write_text("# not imported by training\n")
+    assert fp() == before
+    policy = tmp_path / "routerops" / "policy.py"
+    policy.write_text(policy.read_text() + "\n# changed\n")
+    assert fp() != before
+
+
+def test_a_failed_verl_launch_is_a_typed_error(repo_root, pool, dataset, shared_data, tmp_path, monkeypatch) -> None:
+    from routerops.training.verl import launch
+
+    failing = (sys.executable, "-c", "raise SystemExit(3)")
+    monkeypatch.setattr(launch, "dry_run", lambda *a, **kw: launch.DryRun(tmp_path, (), (), failing))
+    params = load_params(repo_root / "params.yaml")
+    params = params.model_copy(update={"train_router": params.train_router.model_copy(update={"backend": "verl"})})
+    with pytest.raises(TrainingLaunchError, match=r"^verl training exited 3: ") as err:
+        run(params, inputs_for(pool, dataset, shared_data, tmp_path / "ckpt", repo_root))
+    assert (err.value.step, err.value.command, err.value.returncode) == ("verl training", failing, 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import threading
 
 import pytest
@@ -26,16 +27,15 @@ def test_refuses_once_spent_reaches_limit() -> None:
     run.charge(0.006)
     assert run.check() is None           # 0.006 < 0.01: the next call may go ahead...
     run.charge(0.006)                    # ...and may overshoot: cost is not predicted
-    reason = run.check()
-    assert reason is not None and "run budget" in reason
+    assert run.check() == "run budget spent: $0.012000 of $0.010000"
     assert run.spent_usd == pytest.approx(0.012)
     assert run.remaining_usd == 0.0
     assert run.calls == 2 and run.refusals == 1
 
 
 def test_zero_limit_refuses_the_first_call() -> None:
-    assert RequestBudget(0.0).check() is not None
-    assert RunBudget(0).check() is not None
+    assert RequestBudget(0.0).check() == "request budget spent: $0.000000 of $0.000000"
+    assert RunBudget(0).check() == "run budget spent: $0.000000 of $0.000000"
 
 
 def test_request_budget_charges_its_run_and_names_the_tighter_scope() -> None:
@@ -43,31 +43,35 @@ def test_request_budget_charges_its_run_and_names_the_tighter_scope() -> None:
     a = RequestBudget(0.1, run=run)
     b = RequestBudget(None, run=run)
     a.charge(0.1)
-    reason = a.check()
-    assert reason is not None and reason.startswith("request budget")
+    assert a.check() == "request budget spent: $0.100000 of $0.100000"
     assert b.check() is None
     b.charge(0.9)
     assert run.spent_usd == pytest.approx(1.0)
-    reason = b.check()
-    assert reason is not None and reason.startswith("run budget")
+    assert b.check() == "run budget spent: $1.000000 of $1.000000"
+    assert a.check() == "request budget spent: $0.100000 of $0.100000"  # its own, tighter limit first
     assert (a.spent_usd, b.spent_usd) == (pytest.approx(0.1), pytest.approx(0.9))
     assert RequestBudget(0.5, run=RunBudget(0.2)).remaining_usd == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("limit", [-0.01, -1, math.nan])
 def test_invalid_limits_raise(limit: float) -> None:
-    with pytest.raises(ValueError):
+    message = f"^{re.escape(f'budget limit must be None (unlimited) or a number >= 0, got {limit!r}')}$"
+    with pytest.raises(ValueError, match=message):
         RunBudget(limit)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         RequestBudget(limit)
 
 
 @pytest.mark.parametrize("usd", [-1e-9, math.nan, math.inf])
 def test_invalid_charges_raise(usd: float) -> None:
-    with pytest.raises(ValueError):
-        RunBudget(None).charge(usd)
-    with pytest.raises(ValueError):
-        RequestBudget(None).charge(usd)
+    message = f"^{re.escape(f'a charge must be a finite number >= 0, got {usd!r}')}$"
+    run = RunBudget(None)
+    with pytest.raises(ValueError, match=message):
+        run.charge(usd)
+    request = RequestBudget(None, run=run)
+    with pytest.raises(ValueError, match=message):
+        request.charge(usd)
+    assert (run.spent_usd, run.calls, request.spent_usd, request.calls) == (0.0, 0, 0.0, 0)  # nothing recorded
 
 
 def test_budgets_satisfy_the_backend_protocol() -> None:
@@ -90,6 +94,7 @@ def test_concurrent_charges_from_threads_are_not_lost() -> None:
     for w in workers:
         w.start()
     for w in workers:
-        w.join()
+        w.join(120)  # generous: 16,000 locked additions; a wedged thread fails below, not by a hang
+    assert not any(w.is_alive() for w in workers), "a charging thread did not finish"
     assert run.calls == per_thread * threads
     assert run.spent_usd == 0.5 * per_thread * threads

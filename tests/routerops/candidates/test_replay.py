@@ -109,6 +109,8 @@ def test_wrong_replies_state_a_same_source_answer_or_decline(pool) -> None:
             texts.append(call(rp, cand, q).text)
     assert texts and not any("Paris" in t for t in texts)
     declined = sum("not" in t for t in texts) / len(texts)
+    # A share of hash draws, not a fixed count: the bound checks decline_share=0.25 is honoured
+    # without pinning the hash function (a sample of ~200 wrong replies; sd about 0.03).
     assert 0.1 < declined < 0.4
     assert any("Lisbon" in t or "Oslo" in t for t in texts)
 
@@ -118,6 +120,7 @@ def test_completion_tokens_jitter_around_the_mean(pool) -> None:
     cand = pool.get("LLaMA-3.1-8B-Instruct")
     tokens = [call(rp, cand, QuestionInfo(f"q{i}", f"q {i}", "nq", ("a",))).completion_tokens for i in range(200)]
     mean = cand.replay.mean_completion_tokens
+    # Deterministic hash jitter in [0.75, 1.25) x mean, rounded: bounds, and a mean near the mean.
     assert min(tokens) >= 0.75 * mean - 1 and max(tokens) <= 1.25 * mean + 1
     assert sum(tokens) / len(tokens) == pytest.approx(mean, rel=0.05)
 
@@ -131,10 +134,11 @@ def test_budget_refusal_makes_no_draw(pool) -> None:
 
 def test_candidate_without_replay_profile_is_an_error(pool) -> None:
     bare = pool.get("Qwen2.5-7B-Instruct").model_copy(update={"replay": None})
-    with pytest.raises(ValueError, match="no replay profile"):
+    with pytest.raises(ValueError,
+                       match=r"^candidate 'Qwen2\.5-7B-Instruct' has no replay profile in the pool file$"):
         call(ReplayPool(None), bare, QuestionInfo("q", "q"))
 
 
 def test_bad_decline_share() -> None:
-    with pytest.raises(ValueError, match="decline_share"):
+    with pytest.raises(ValueError, match=r"^decline_share must be in \[0, 1\], got 2\.0$"):
         ReplayPool(None, decline_share=2.0)

@@ -21,7 +21,7 @@ def trainer(repo_root: Path, pool, tmp_path_factory) -> LocalTrainer:
     tp = params.train_router
     params = params.model_copy(update={"train_router": tp.model_copy(update={
         "local": tp.local.model_copy(update={"context_drill_tokens": 200, "drill_real_share": 0.25})})})
-    return LocalTrainer(params, pool, QUESTIONS, ReplayPool(None), tmp_path_factory.mktemp("ckpt"), progress=False)
+    return LocalTrainer(params, pool, QUESTIONS, ReplayPool(None), tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")

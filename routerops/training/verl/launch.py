@@ -1,0 +1,244 @@
+"""Launch and export commands, and the dry run behind `routerops train --backend verl --dry-run`.
+
+`dry_run` writes the generated files (agent-loop YAML, overrides, composed config, launch
+script), composes and validates the config on CPU and returns the launch command (this node, or
+`ray job submit` to `train_router.verl.ray_address`); `dry_run_report` is what the CLI prints;
+`export_command` is verl's model merger for a checkpoint.
+
+    python -m routerops.training.verl.launch PARAMS_YAML OUT_DIR
+
+runs the dry run without the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from routerops.config import Params, load_params
+from routerops.paths import project_root
+from routerops.training.verl.agent_loop import AGENT_LOOP_FILE, agent_loop_entries
+from routerops.training.verl.overrides import build_overrides
+from routerops.training.verl.runtime import (
+    PARAMS_ENV,
+    POOL_ENV,
+    TELEMETRY_ENV,
+    resolve_params_path,
+    resolve_pool_path,
+)
+from routerops.training.verl.validation import VerlConfigError, compose_config, validate
+
+__all__ = [
+    "CONFIG_FILE",
+    "LAUNCH_FILE",
+    "OVERRIDES_FILE",
+    "DryRun",
+    "dry_run",
+    "dry_run_report",
+    "export_command",
+    "latest_checkpoint_step",
+    "launch_command",
+    "main",
+]
+
+# `python -m` runs this file as __main__; its spec still has the module's own name.
+MODULE = __spec__.name if __spec__ is not None else __name__
+OVERRIDES_FILE = "overrides.txt"
+CONFIG_FILE = "verl_config.yaml"
+LAUNCH_FILE = "launch.sh"
+
+# Paths never uploaded with the Ray working directory (environments, data, outputs).
+# gitignore syntax, relative to the repository root (a leading "/" anchors at the root).
+_RAY_EXCLUDES = ["/.venv", "/.git", "/artifacts", "/checkpoints", "/data", "/runs", "/plots", "/.routerops",
+                 "__pycache__", "*.parquet", "*.safetensors", "*.pt"]
+
+
+def runtime_env(params: Params, *, params_path: str | os.PathLike[str] | None = None,
+                pool_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Ray runtime env for `ray job submit`: our code as working_dir, settings as env vars.
+
+    Secrets (candidate API keys) are never put here: set them in the cluster nodes' env.
+    """
+    env = {**TELEMETRY_ENV, PARAMS_ENV: str(resolve_params_path(params_path).resolve()),
+           POOL_ENV: str(resolve_pool_path(pool_path).resolve())}
+    if os.environ.get("ROUTEROPS_SHARED_DATA"):
+        env["ROUTEROPS_SHARED_DATA"] = str(Path(os.environ["ROUTEROPS_SHARED_DATA"]).resolve())
+    return {"working_dir": str(project_root()), "excludes": list(_RAY_EXCLUDES), "env_vars": env}
+
+
+def launch_command(params: Params, overrides: Sequence[str], *, python: str = "python",
+                   params_path: str | os.PathLike[str] | None = None,
+                   pool_path: str | os.PathLike[str] | None = None) -> list[str]:
+    """The command that trains: on this node, or submitted to `train_router.verl.ray_address`.
+
+    Re-running the same command resumes from the latest checkpoint (trainer.resume_mode=auto).
+    """
+    v = params.train_router.verl
+    base = [python, "-m", "verl.trainer.main_ppo", *overrides]
+    if not v.ray_address:
+        return base
+    env = json.dumps(runtime_env(params, params_path=params_path, pool_path=pool_path), sort_keys=True)
+    return ["ray", "job", "submit", "--address", v.ray_address, "--runtime-env-json", env, "--", *base]
+
+
+def latest_checkpoint_step(checkpoint_dir: str | os.PathLike[str]) -> int | None:
+    """The step in verl's tracker file (latest_checkpointed_iteration.txt), if any."""
+    tracker = Path(checkpoint_dir) / "latest_checkpointed_iteration.txt"
+    try:
+        return int(tracker.read_text(encoding="utf-8").strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def export_command(checkpoint_dir: str | os.PathLike[str], step: int | None, target_dir: str | os.PathLike[str],
+                   *, python: str = "python", backend: str = "fsdp") -> list[str]:
+    """verl's model merger: sharded actor checkpoint of `step` (None: latest) to a HF directory."""
+    if step is None:
+        step = latest_checkpoint_step(checkpoint_dir)
+        if step is None:
+            raise FileNotFoundError(f"{checkpoint_dir}: no latest_checkpointed_iteration.txt; pass a step")
+    actor = Path(checkpoint_dir) / f"global_step_{int(step)}" / "actor"
+    return [python, "-m", "verl.model_merger", "merge", "--backend", backend,
+            "--local_dir", str(actor), "--target_dir", str(target_dir)]
+
+
+@dataclass(frozen=True)
+class DryRun:
+    out_dir: Path
+    files: tuple[Path, ...]
+    overrides: tuple[str, ...]
+    command: tuple[str, ...]
+    checked: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    error: str | None = None  # verl's message when the config is invalid
+    config: Any = None  # the composed DictConfig, when it composed
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def command_line(self) -> str:
+        return shlex.join(self.command)
+
+
+def default_checkpoint_dir(params: Params) -> Path:
+    """`<train_router.checkpoint_dir>/verl/<experiment_name>` (kept apart from the local backend's)."""
+    tr = params.train_router
+    base = Path(tr.checkpoint_dir)
+    return (base if base.is_absolute() else project_root() / base) / "verl" / tr.verl.experiment_name
+
+
+def default_dataset_dir(params: Params) -> Path:
+    out = Path(params.build_dataset.out_dir)
+    return (out if out.is_absolute() else project_root() / out) / "rl"
+
+
+def dry_run(params: Params, *, out_dir: str | os.PathLike[str], params_path: str | os.PathLike[str] | None = None,
+            pool_path: str | os.PathLike[str] | None = None, dataset_dir: str | os.PathLike[str] | None = None,
+            checkpoint_dir: str | os.PathLike[str] | None = None, extra_overrides: Sequence[str] = (),
+            raise_on_error: bool = True) -> DryRun:
+    """Write the generated files, compose + validate the config, return the launch command.
+
+    Files (in `out_dir`): agent_loop.yaml (verl's agent-loop registry entry), overrides.txt (one
+    Hydra override per line), verl_config.yaml (the composed config, only when it composes) and
+    launch.sh (the exact command). With `raise_on_error=False` an invalid config is reported in
+    `DryRun.error` instead of raising `VerlConfigError`.
+    """
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    pp, pl = resolve_params_path(params_path).resolve(), resolve_pool_path(pool_path).resolve()
+    data = Path(dataset_dir).resolve() if dataset_dir else default_dataset_dir(params)
+    ckpt = Path(checkpoint_dir).resolve() if checkpoint_dir else default_checkpoint_dir(params)
+    agent_name = params.build_dataset.agent_name
+    v = params.train_router.verl
+
+    notes: list[str] = []
+    for split in ("train", "validation"):
+        if not (data / f"{split}.parquet").is_file():
+            notes.append(f"{data / f'{split}.parquet'} does not exist (run the build_dataset stage)")
+    if v.ray_address and not Path(params.train_router.checkpoint_dir).is_absolute():
+        notes.append("cluster run with a relative checkpoint_dir: use a path on storage shared by all nodes")
+
+    files = [out / AGENT_LOOP_FILE, out / OVERRIDES_FILE]
+    files[0].write_text(yaml.safe_dump(agent_loop_entries(agent_name, params_path=str(pp), pool_path=str(pl)),
+                                       sort_keys=False), encoding="utf-8")
+    overrides = build_overrides(params, dataset_dir=data, out_dir=out, checkpoint_dir=ckpt, params_path=pp,
+                                pool_path=pl, extra=extra_overrides)
+    files[1].write_text("\n".join(overrides) + "\n", encoding="utf-8")
+    command = launch_command(params, overrides, params_path=pp, pool_path=pl)
+    launch = out / LAUNCH_FILE
+    launch.write_text("#!/usr/bin/env bash\n# Generated by routerops (verl backend); re-run to resume.\n"
+                      f"set -euo pipefail\ncd {shlex.quote(str(project_root()))}\n{shlex.join(command)}\n",
+                      encoding="utf-8")
+    launch.chmod(0o755)
+    files.append(launch)
+
+    error: str | None = None
+    checked: list[str] = []
+    cfg = None
+    try:
+        cfg = compose_config(overrides)
+        from omegaconf import OmegaConf
+
+        config_file = out / CONFIG_FILE
+        config_file.write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
+        files.append(config_file)
+        checked = validate(cfg, agent_name=agent_name)
+    except VerlConfigError as exc:
+        if raise_on_error:
+            raise
+        error = str(exc)
+    return DryRun(out, tuple(files), tuple(overrides), tuple(command), tuple(checked), tuple(notes), error, cfg)
+
+
+def dry_run_report(params_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+                   extra_overrides: Sequence[str] = ()) -> tuple[int, str]:
+    """`routerops train --backend verl --dry-run`: (exit code, printable report)."""
+    from routerops.config import ParamsError
+
+    try:
+        params = load_params(params_path)
+    except ParamsError as exc:
+        return 2, f"invalid params: {exc}\n"
+    try:
+        result = dry_run(params, out_dir=out_dir, params_path=params_path, extra_overrides=extra_overrides,
+                         raise_on_error=False)
+    except (OSError, ValueError) as exc:
+        return 2, f"dry run failed: {exc}\n"
+    lines = [f"verl dry run ({params.train_router.verl.algorithm}) -> {result.out_dir}", "",
+             "generated files:"]
+    lines += [f"  {f}" for f in result.files]
+    lines += ["", "launch command (re-run it to resume from the latest checkpoint):", f"  {result.command_line}"]
+    if result.warnings:
+        lines += ["", "warnings:"] + [f"  - {w}" for w in result.warnings]
+    if result.error is not None:
+        lines += ["", "INVALID CONFIG - verl says:", f"  {result.error}"]
+        return 1, "\n".join(lines) + "\n"
+    lines += ["", "checked on CPU:"] + [f"  - {c}" for c in result.checked]
+    lines += ["", "not checked without GPUs: model download/loading, vLLM/SGLang engine start, GPU memory, "
+                  "Ray cluster resources, candidate endpoints"]
+    return 0, "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m routerops.training.verl.launch PARAMS OUT_DIR`: the dry run without the CLI."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2:
+        print(f"usage: python -m {MODULE} PARAMS_YAML OUT_DIR", file=sys.stderr)
+        return 2
+    code, text = dry_run_report(args[0], args[1])
+    print(text, end="")
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
