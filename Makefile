@@ -19,6 +19,8 @@ export VLLM_NO_USAGE_STATS := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# HuggingFace's per-file bars ("Loading weights", "Writing model shards") say nothing a log needs.
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export PREFECT_HOME := $(CURDIR)/.routerops/prefect
 export PREFECT_LOGGING_LEVEL ?= WARNING
 # Prefect's own machinery stays quiet; what flows and tasks log (stage summaries, the verdict,

@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only (tasks run stages and commands, gate on metrics, publish files)."""

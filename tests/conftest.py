@@ -15,7 +15,7 @@ for _k, _v in {
     "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "BENTOML_DO_NOT_TRACK": "true",
     "DVC_NO_ANALYTICS": "1", "RAY_USAGE_STATS_ENABLED": "0", "WANDB_MODE": "disabled",
     "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
+    "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "GX_ANALYTICS_ENABLED": "false",
 }.items():
     os.environ.setdefault(_k, _v)
 

@@ -20,8 +20,8 @@ from routerops.evaluation import (
     reprice_records,
     verdict,
 )
-from routerops.rollout import CallRecord
 from routerops.pool import parse_pool
+from routerops.rollout import CallRecord
 
 Q7, MIX = "Qwen2.5-7B-Instruct", "Mixtral-8x22B-Instruct"
 HTTP = CallOrigin.HTTP

@@ -40,7 +40,7 @@ def test_atomic_dir_keeps_the_previous_version_when_the_block_fails(tmp_path) ->
     target = tmp_path / "artifact"
     with atomic_dir(target) as tmp:
         (tmp / "v1.txt").write_text("1")
-    with pytest.raises(RuntimeError, match="^half way$"), atomic_dir(target) as tmp:
+    with pytest.raises(RuntimeError, match=r"^half way$"), atomic_dir(target) as tmp:
         (tmp / "v2.txt").write_text("2")
         raise RuntimeError("half way")
     assert sorted(p.name for p in target.iterdir()) == ["_COMPLETE", "v1.txt"]

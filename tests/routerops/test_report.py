@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import pytest
-
 from routerops.evaluation import Decoding, PairedDifference, SystemMetrics, verdict
 from routerops.report import pareto_figure, pareto_plot, render_report, render_summary
 
