@@ -93,7 +93,9 @@ def test_pipeline_runs_end_to_end_and_pushes(prefect_server, repo_root, store, c
     # a second repro does nothing: DVC alone decides, and nothing changed
     again = dvc(repo, "repro")
     assert again.returncode == 0, again.stderr
-    assert "Running stage" not in again.stdout and again.stdout.count("didn't change, skipping") == 4
+    assert again.stdout.splitlines() == ["'data.dvc' didn't change, skipping", *(
+        f"Stage '{s}' didn't change, skipping" for s in ("build_dataset", "validate_dataset", "train_router",
+                                                         "evaluate_router")), "Data and pipelines are up to date."]
     assert (repo / "artifacts" / "evaluation" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     # a price change (prices are not in the prompt) re-runs training and evaluation, never the dataset
     pool = (repo / "pool.yaml").read_text().replace("output_usd_per_mtok: 1.20", "output_usd_per_mtok: 2.40")
