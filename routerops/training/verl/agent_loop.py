@@ -12,6 +12,7 @@ the agent-loop YAML entry (`agent_loop_entries`), see `routerops.training.verl.r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -21,10 +22,9 @@ from typing import Any, Literal
 
 from routerops.candidates.budget import RequestBudget
 from routerops.candidates.types import CallContext, CallResult, CandidateBackend, QuestionInfo
-from routerops.config import RolloutParams
 from routerops.pool import Candidate
 from routerops.rollout import Generation, RolloutLimits, Trajectory, run_episode
-from routerops.training.verl.runtime import _runtime
+from routerops.training.verl.runtime import process_runtime
 
 __all__ = [
     "AGENT_LOOP_CLASS",
@@ -43,15 +43,15 @@ AGENT_LOOP_CLASS = "RouterAgentLoop"
 AGENT_LOOP_FILE = "agent_loop.yaml"
 
 
-def episode_limits(rollout: RolloutParams, prompt_tokens: int, response_length: int) -> RolloutLimits:
-    """Our limits, tightened so the response always fits verl's `rollout.response_length`.
+def episode_limits(limits: RolloutLimits, prompt_tokens: int, response_length: int) -> RolloutLimits:
+    """The router's limits (`Params.router_limits()`), tightened so the response always fits
+    verl's `rollout.response_length`.
 
     verl pads every response to `response_length` tokens and left-truncates prompts to
     `prompt_length`, so the episode's context is capped at prompt + response_length.
     """
-    ctx = min(rollout.max_context_tokens, prompt_tokens + max(1, response_length))
-    return RolloutLimits(rollout.max_turns, rollout.max_tokens_per_turn, rollout.max_obs_tokens,
-                         min(rollout.max_prompt_tokens, ctx - 1), ctx)
+    ctx = min(limits.max_context_tokens, prompt_tokens + max(1, response_length))
+    return dataclasses.replace(limits, max_prompt_tokens=min(limits.max_prompt_tokens, ctx - 1), max_context_tokens=ctx)
 
 
 # verl's rollout servers keep these TokenOutput.extra_fields; the staleness filter of the V1
@@ -214,7 +214,7 @@ class _RouterAgentLoopImpl:
                  name: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.agent_name = name
-        self.runtime = _runtime(params_path, pool_path)
+        self.runtime = process_runtime(params_path, pool_path)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> Any:
         from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
@@ -224,7 +224,7 @@ class _RouterAgentLoopImpl:
         # verl's tokenisation path (chat template + its kwargs), capped at rollout.prompt_length.
         prompt_ids = list(await self.ct_build_initial_tokens(list(_plain(kwargs["raw_prompt"]))))
         response_length = int(self.rollout_config.response_length)
-        limits = episode_limits(rt.params.rollout, len(prompt_ids), response_length)
+        limits = episode_limits(rt.params.router_limits(), len(prompt_ids), response_length)
         priority = int(_plain(kwargs.get("priority", 0)) or 0)
         deterministic = bool(getattr(self.rollout_config, "full_determinism", False))
         generator = ServerGenerator(

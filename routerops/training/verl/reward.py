@@ -42,9 +42,10 @@ from routerops.rewards import (
     score_batch,
 )
 from routerops.training.verl.agent_loop import _plain, golden_answers
-from routerops.training.verl.runtime import _per_process
+from routerops.training.verl.runtime import per_process
 
-__all__ = ["BREAKDOWN_KEYS", "MODULE", "REWARD_FN_NAME", "SplitNormalizers", "compute_score", "reset_reward_state"]
+__all__ = ["BREAKDOWN_KEYS", "MODULE", "REWARD_FN_NAME", "SplitNormalizers", "compute_score", "process_scorer",
+           "reset_reward_state"]
 
 MODULE = __name__
 REWARD_FN_NAME = "compute_score"
@@ -90,8 +91,8 @@ _SCORERS: dict[tuple[str, str], _Scorer] = {}
 _SCORER_LOCK = threading.Lock()
 
 
-def _scorer(params_path: str | None, pool_path: str | None) -> _Scorer:
-    return _per_process(_SCORERS, _SCORER_LOCK, params_path, pool_path, lambda params, pool: _Scorer(
+def process_scorer(params_path: str | None, pool_path: str | None) -> _Scorer:
+    return per_process(_SCORERS, _SCORER_LOCK, params_path, pool_path, lambda params, pool: _Scorer(
         params, pool, SplitNormalizers(params.rewards.normalizer, params.rewards.window)))
 
 
@@ -136,7 +137,7 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     metric, so only numbers are returned; the answer and the calls go to the cost log.
     """
     extra = dict(extra_info or {})
-    scorer = _scorer(params_path, pool_path)
+    scorer = process_scorer(params_path, pool_path)
     rewards = scorer.params.rewards
     calls = _calls_from(extra)
     usages = [CallUsage(str(c["model"]), int(c["completion_tokens"]), int(c.get("prompt_tokens", 0)))

@@ -24,7 +24,8 @@ from routerops.pool import Pool, load_pool
 if TYPE_CHECKING:  # only for annotations
     from routerops.runtime import Backends
 
-__all__ = ["PARAMS_ENV", "POOL_ENV", "TELEMETRY_ENV", "resolve_params_path", "resolve_pool_path"]
+__all__ = ["PARAMS_ENV", "POOL_ENV", "TELEMETRY_ENV", "ProcessRuntime", "per_process", "process_runtime",
+           "resolve_params_path", "resolve_pool_path"]
 
 PARAMS_ENV = "ROUTEROPS_PARAMS"
 POOL_ENV = "ROUTEROPS_POOL"
@@ -47,19 +48,19 @@ def resolve_pool_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 @dataclass
-class _Runtime:
+class ProcessRuntime:
     params: Params
     pool: Pool
     backends: Backends
 
 
 _T = TypeVar("_T")
-_RUNTIMES: dict[tuple[str, str], _Runtime] = {}
+_RUNTIMES: dict[tuple[str, str], ProcessRuntime] = {}
 _RUNTIME_LOCK = threading.Lock()
 
 
-def _per_process(cache: dict[tuple[str, str], _T], lock: threading.Lock, params_path: str | None,
-                 pool_path: str | None, build: Callable[[Params, Pool], _T]) -> _T:
+def per_process(cache: dict[tuple[str, str], _T], lock: threading.Lock, params_path: str | None,
+                pool_path: str | None, build: Callable[[Params, Pool], _T]) -> _T:
     """Build once per (params file, pool file) pair and process, then reuse."""
     pp, pl = resolve_params_path(params_path).resolve(), resolve_pool_path(pool_path).resolve()
     key = (str(pp), str(pl))
@@ -69,7 +70,7 @@ def _per_process(cache: dict[tuple[str, str], _T], lock: threading.Lock, params_
         return cache[key]
 
 
-def _runtime(params_path: str | None, pool_path: str | None) -> _Runtime:
+def process_runtime(params_path: str | None, pool_path: str | None) -> ProcessRuntime:
     """One runtime per (params, pool) file pair and process.
 
     verl instantiates an agent loop per trajectory; loading the quality matrix (~8 MB of JSON)
@@ -77,9 +78,9 @@ def _runtime(params_path: str | None, pool_path: str | None) -> _Runtime:
     """
     from routerops.runtime import build_backend
 
-    def build(params: Params, pool: Pool) -> _Runtime:
+    def build(params: Params, pool: Pool) -> ProcessRuntime:
         backends = build_backend(params.candidates, data_dir=shared_data_dir(),
                                  include_prompt_cost=params.rewards.include_prompt_cost)
-        return _Runtime(params, pool, backends)
+        return ProcessRuntime(params, pool, backends)
 
-    return _per_process(_RUNTIMES, _RUNTIME_LOCK, params_path, pool_path, build)
+    return per_process(_RUNTIMES, _RUNTIME_LOCK, params_path, pool_path, build)

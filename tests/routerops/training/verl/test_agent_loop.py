@@ -18,7 +18,7 @@ from routerops.prompt import build_messages
 from routerops.protocol import render_observation
 from routerops.training.verl.costs import COST_LOG_FILE, summarize_training_costs
 from routerops.training.verl.launch import DryRun
-from routerops.training.verl.runtime import _runtime
+from routerops.training.verl.runtime import process_runtime
 
 STEP = 3  # the global step the fake server reports, as verl's rollout servers do
 
@@ -81,7 +81,7 @@ def test_agent_loop_runs_in_verls_worker_with_verls_reward_worker(resolved_confi
     Q = candidate_name
     params_file = str(small_run.out_dir.parent / "params.yaml")
     params = load_params(params_file)
-    runtime = _runtime(params_file, None)  # the same per-process runtime the agent loop uses
+    runtime = process_runtime(params_file, None)  # the same per-process runtime the agent loop uses
     replay = runtime.backends.replay
     assert replay is not None
     questions = [q for q in sorted(replay.matrix.questions.values(), key=lambda q: q.id) if q.data_source == "nq"][:3]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from routerops.training.verl.reward import BREAKDOWN_KEYS, _scorer, compute_score, reset_reward_state
+from routerops.training.verl.reward import BREAKDOWN_KEYS, compute_score, process_scorer, reset_reward_state
 
 
 def test_cost_normalisers_are_separate_per_split(tmp_path: Path, raw_params: dict[str, Any], candidate_name: str,
@@ -35,7 +35,7 @@ def test_cost_normalisers_are_separate_per_split(tmp_path: Path, raw_params: dic
     val = score("validation", 10)
     assert val["cost_norm"] == 0.5 and val["score"] == pytest.approx(0.75)
     assert score("train", 10)["cost_norm"] == 1.0
-    state = _scorer(kw["params_path"], None).normalizers.state_dict()
+    state = process_scorer(kw["params_path"], None).normalizers.state_dict()
     assert set(state) == {"train", "validation"} and len(state["validation"]["history"]) == 1
     reset_reward_state()
 
@@ -51,10 +51,10 @@ def test_frozen_normaliser_freezes_after_its_window(tmp_path: Path, raw_params: 
     kw = {"params_path": str(tmp_path / "p.yaml")}
     for tokens in (10, 100, 1000):
         compute_score("nq", VALID, ["Paris"], {"split": "train", "route_calls": json.dumps([_call(Q, tokens)])}, **kw)
-    frozen = _scorer(kw["params_path"], None).normalizers.get("train")
+    frozen = process_scorer(kw["params_path"], None).normalizers.get("train")
     assert frozen.mode == "frozen"
     compute_score("nq", VALID, ["Paris"], {"split": "train", "route_calls": json.dumps([_call(Q, 10**6)])}, **kw)
-    assert _scorer(kw["params_path"], None).normalizers.get("train") == frozen
+    assert process_scorer(kw["params_path"], None).normalizers.get("train") == frozen
     reset_reward_state()
 
 
@@ -100,6 +100,6 @@ def test_reward_round_trips_through_verls_naive_reward_manager(resolved_config: 
         info = res["reward_extra_info"]
         assert res["reward_score"] == reward and info["score"] == reward
         assert (info["format"], info["em"]) == (fmt, em)
-        assert set(BREAKDOWN_KEYS) <= set(info)
+        assert set(info) == {"score", *BREAKDOWN_KEYS}
     first = results[0]["reward_extra_info"]
     assert first["cost_usd"] == pytest.approx(100 * 0.30 / 1e6) and first["num_calls"] == 1.0
