@@ -235,23 +235,28 @@ class Ports:
 
     @classmethod
     def free(cls, host: str = LOOPBACK) -> Ports:
-        """Eight ports the kernel reports free right now (for tests and parallel instances).
+        """Eight ports the kernel reports free right now (for tests and parallel instances)."""
+        return cls.free_sets(1, host)[0]
 
-        All eight sockets are held open together so the kernel cannot hand out one port twice;
+    @classmethod
+    def free_sets(cls, count: int, host: str = LOOPBACK) -> list[Ports]:
+        """`count` sets of ports the kernel reports free right now, all distinct.
+
+        All the sockets are held open together so the kernel cannot hand out one port twice;
         another process can still take one before the server binds it, which `start()` then
         reports as a port-in-use or exited-server error.
         """
         sockets: list[socket.socket] = []
         try:
-            for _ in range(8):
+            for _ in range(8 * count):
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 s.bind((host, 0))
                 sockets.append(s)
-            ports = [s.getsockname()[1] for s in sockets]
+            numbers = [s.getsockname()[1] for s in sockets]
         finally:
             for s in sockets:
                 s.close()
-        return cls(*ports)
+        return [cls(*numbers[i:i + 8]) for i in range(0, len(numbers), 8)]
 
 
 @dataclass(frozen=True)

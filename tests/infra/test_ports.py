@@ -63,21 +63,6 @@ def _values(ports: Ports) -> set[int]:
     return {port for _, port in ports.items()}
 
 
-def _distinct_free_ports(count: int) -> list[Ports]:
-    """`count` sets of ports, all distinct (held together while the kernel hands them out)."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(8 * count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((LOOPBACK, 0))
-            sockets.append(s)
-        numbers = [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-    return [Ports(*numbers[i:i + 8]) for i in range(0, len(numbers), 8)]
-
-
 @contextlib.contextmanager
 def _hold(*ports: int) -> Iterator[None]:
     """Listen on each of `ports` that is free, as another program would; ports someone else
@@ -171,7 +156,7 @@ def test_store_without_ports_avoids_taken_default_ports(tmp_path: Path) -> None:
 
 
 def test_recorded_ports_taken_by_another_program_are_replaced(tmp_path: Path) -> None:
-    recorded, preferred = _distinct_free_ports(2)
+    recorded, preferred = Ports.free_sets(2)
     data_dir = tmp_path / "s3"
     data_dir.mkdir()
     (data_dir / "ports.json").write_text(json.dumps({"ports": asdict(recorded)}))
@@ -221,7 +206,7 @@ def test_recorded_ports_held_by_our_own_server_are_never_replaced(tmp_path: Path
 
 
 def test_explicit_busy_port_is_still_port_in_use_even_with_other_ports_recorded(tmp_path: Path) -> None:
-    recorded, explicit = _distinct_free_ports(2)
+    recorded, explicit = Ports.free_sets(2)
     data_dir = tmp_path / "s3"
     data_dir.mkdir()
     (data_dir / "ports.json").write_text(json.dumps({"ports": asdict(recorded)}))
