@@ -2,8 +2,9 @@
 
 validate the pool -> start the loopback S3 store and point DVC at it -> seed the raw snapshot
 (checked against data.dvc) -> `dvc repro` (build and validate the dataset, train the router,
-evaluate it against baselines; DVC decides what re-runs) -> gate on validation -> publish each
-stage's summary -> `dvc push` -> answer sample questions with the scripted router -> publish the
+evaluate it against baselines, package it as a BentoML model and Bento; DVC decides what re-runs)
+-> gate on validation -> publish each stage's summary -> `dvc push` -> answer sample questions with
+the scripted router -> serve the packaged Bento and ask it questions over HTTP -> publish the
 evaluation's summary (its table, the verdict against random and the oracle) last -> say what is
 left running. Orchestration only: every number and sentence comes from a file a stage wrote.
 """
@@ -33,9 +34,9 @@ from routerops.paths import project_root
 
 @flow(name="routerops-pipeline")
 def pipeline(repo: Path | None = None, seed: bool = True, push: bool = True, samples: bool = True,
-             start_store: bool = True) -> dict[str, Any]:
+             start_store: bool = True, serve: bool = True) -> dict[str, Any]:
     """`repo` defaults to the project this runs in; `start_store=False` when the DVC remote is
-    already served (another store, or AWS S3)."""
+    already served (another store, or AWS S3); `serve=False` skips asking the packaged service."""
     log = get_run_logger()
     repo = repo or project_root()
     paths = layout(repo)
@@ -49,6 +50,7 @@ def pipeline(repo: Path | None = None, seed: bool = True, push: bool = True, sam
     publish_file(paths.dataset_summary, "data-card", "Rows per split and source, duplicates, rejects")
     publish_file(paths.validation_summary, "validation", "Great Expectations suite on the built dataset")
     publish_file(paths.training_summary, "training", "Router training (start of RL vs final steps)")
+    publish_file(paths.package_summary, "package", "The router's BentoML model and Bento")
     if push:
         dvc_push(repo)
     summary: dict[str, Any] = {"data_card": read_metrics(paths.data_card),
@@ -60,6 +62,9 @@ def pipeline(repo: Path | None = None, seed: bool = True, push: bool = True, sam
         publish_file(paths.samples_dir / "summary.md", "route-samples",
                      "Scripted router on real NQ questions (replay pool)")
         summary["route_samples"] = read_metrics(paths.samples_dir / "summary.json")
+    if serve:
+        run_stage("ask_service", repo)
+        publish_file(paths.service_dir / "summary.md", "service", "The packaged router asked over HTTP")
     # The evaluation comes last: it is the answer to "should I deploy this router?".
     publish_file(paths.evaluation_summary, "evaluation", "Router vs baselines, in dollars")
     left = running_services(repo)

@@ -100,10 +100,12 @@ class Layout:
     validation_summary: Path
     training_summary: Path
     evaluation_summary: Path
+    package_summary: Path
     data_card: Path
     train_metrics: Path
     evaluation_metrics: Path
     samples_dir: Path
+    service_dir: Path
 
 
 @task(name="layout", timeout_seconds=30)
@@ -116,10 +118,12 @@ def layout(repo: Path) -> Layout:
         validation_summary=repo / params.validate_dataset.out_dir / "summary.md",
         training_summary=repo / params.train_router.out_dir / "summary.md",
         evaluation_summary=repo / params.evaluate_router.out_dir / "summary.md",
+        package_summary=repo / params.package_router.out_dir / "summary.md",
         data_card=repo / params.build_dataset.data_card,
         train_metrics=repo / params.train_router.metrics,
         evaluation_metrics=repo / params.evaluate_router.metrics,
         samples_dir=runs_dir(repo) / "route_samples",
+        service_dir=runs_dir(repo) / "ask_service",
     )
 
 

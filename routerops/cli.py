@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -12,7 +13,8 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from routerops.candidates.types import QuestionInfo
-from routerops.config import ParamsError, load_params
+from routerops.config import Params, ParamsError, load_params
+from routerops.keys import KeyRecord
 from routerops.paths import default_params_file, default_pool_file, project_root
 from routerops.pool import Pool, PoolError, load_pool
 from routerops.rewards import (
@@ -33,6 +35,8 @@ eval_app = typer.Typer(no_args_is_help=True, help="Evaluation results.")
 app.add_typer(eval_app, name="eval")
 data_app = typer.Typer(no_args_is_help=True, help="The raw data snapshot (data/, tracked by data.dvc).")
 app.add_typer(data_app, name="data")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys of the router service (hashed, with USD budgets).")
+app.add_typer(keys_app, name="keys")
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -363,6 +367,113 @@ def eval_reprice(
     target = plot or trajectories.parent / f"pareto-{new.pricing.id}.png"
     pareto_plot(after, target, title=f"EM vs cost, repriced ({new.pricing.label})")
     typer.echo(f"Pareto plot under the new prices: {target}")
+
+
+# ---------------------------------------------------------------------------------------------
+# serving
+# ---------------------------------------------------------------------------------------------
+
+
+def _project_params() -> Params:
+    try:
+        return load_params(default_params_file())
+    except ParamsError as exc:
+        raise _fail(str(exc), 1) from None
+
+
+def _keys_db(db: Path | None) -> Path:
+    """--db, else the store the project's service uses (`serving.keys_db_path` under BentoML's home)."""
+    from routerops.packaging import bentoml_home
+    from routerops.serving import keys_db_path
+
+    if db is not None:
+        return db
+    env = dict(os.environ)
+    env.setdefault("BENTOML_HOME", str(bentoml_home(_project_params(), project_root())))
+    return keys_db_path(env)
+
+
+def _key_line(k: KeyRecord) -> str:
+    budget = "unlimited" if k.budget_usd is None else f"${k.budget_usd:.6f}"
+    state = "revoked" if k.revoked_at is not None else ("exhausted" if k.exhausted else "active")
+    return f"{k.key_id}  {k.name:<20} {state:<9} spent ${k.spent_usd:.6f} of {budget} in {k.requests} requests"
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="who or what the key is for")],
+    budget_usd: Annotated[float | None, typer.Option(help="USD the key may spend; none means unlimited")] = None,
+    db: Annotated[Path | None, typer.Option(help="key store (default: the project service's)")] = None,
+) -> None:
+    """Create a key; it is printed once and only its hash is stored."""
+    from routerops.keys import KeyStore
+
+    try:
+        created = KeyStore(_keys_db(db)).create(name, budget_usd)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(_key_line(created.record))
+    typer.echo(f"key (shown once, store it now): {created.secret}")
+
+
+@keys_app.command("list")
+def keys_list(db: Annotated[Path | None, typer.Option(help="key store")] = None) -> None:
+    """Every key with its state and spend (never the key itself)."""
+    from routerops.keys import KeyStore
+
+    for k in KeyStore(_keys_db(db)).list():
+        typer.echo(_key_line(k))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (`routerops keys list`)")],
+                db: Annotated[Path | None, typer.Option(help="key store")] = None) -> None:
+    """Revoke a key: it is refused from its next request on."""
+    from routerops.keys import KeyNotFound, KeyStore
+
+    try:
+        typer.echo(_key_line(KeyStore(_keys_db(db)).revoke(key_id)))
+    except KeyNotFound as exc:
+        raise _fail(str(exc.args[0] if exc.args else exc), 1) from None
+
+
+@app.command("serve")
+def serve(
+    bento: Annotated[str | None, typer.Option(help="Bento tag (default: the one package_router built)")] = None,
+    host: Annotated[str | None, typer.Option(help="default: params serve.host")] = None,
+    port: Annotated[int | None, typer.Option(help="default: params serve.port")] = None,
+) -> None:
+    """Serve the packaged Bento (not the source tree) with `bentoml serve`, importing it from
+    package_router's archives first when BentoML's store lacks it."""
+    from routerops.packaging import BENTO_ARCHIVE, MODEL_ARCHIVE, RECORD_FILE, PackageRecord, bentoml_home
+    from routerops.service_process import ServiceError, ServiceProcess, import_archives
+    from routerops.serving import KEYS_DB_ENV
+
+    params = _project_params()
+    root = project_root()
+    home = bentoml_home(params, root)
+    package_dir = root / params.package_router.out_dir
+    if bento is None:
+        record_file = package_dir / RECORD_FILE
+        if not record_file.is_file():
+            raise _fail(f"{record_file}: no package; run `dvc repro package_router` (or `make demo`), or pass "
+                        "--bento", 1)
+        record = PackageRecord.model_validate_json(record_file.read_text())
+        try:
+            imported = import_archives(record.model_tag, package_dir / MODEL_ARCHIVE, record.bento_tag,
+                                       package_dir / BENTO_ARCHIVE, home)
+        except ServiceError as exc:
+            raise _fail(str(exc), 1) from None
+        for tag in imported:
+            typer.echo(f"imported {tag} into {home}")
+        bento = record.bento_tag
+    svc = ServiceProcess(bento, home, host=host or params.serve.host,
+                         port=params.serve.port if port is None else port)
+    env = {**os.environ, "BENTOML_HOME": str(home), KEYS_DB_ENV: str(_keys_db(None))}
+    typer.echo(f"serving {bento} on {svc.base_url} (keys: {env[KEYS_DB_ENV]}); Ctrl-C stops it")
+    home.mkdir(parents=True, exist_ok=True)
+    os.chdir(home)  # anywhere but the checkout: the Bento carries its own code
+    os.execve(svc.command()[0], svc.command(), env)
 
 
 def main() -> None:  # console-script entry point

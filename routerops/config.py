@@ -26,12 +26,14 @@ __all__ = [
     "DemoParams",
     "EvaluateRouterParams",
     "LocalTrainParams",
+    "PackageRouterParams",
     "Params",
     "ParamsError",
     "Profile",
     "PromptParams",
     "RewardsParams",
     "RolloutParams",
+    "ServeParams",
     "TrainRouterParams",
     "ValidateDatasetParams",
     "VerlTrainParams",
@@ -115,6 +117,23 @@ class DemoParams(_Section):
     questions: int = Field(ge=1, le=100)
     route_to: tuple[str, ...] = Field(min_length=1)
     seed: int
+    service_questions: int = Field(ge=1, le=20)
+
+
+class PackageRouterParams(_Section):
+    model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    bento_name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    bentoml_home: str
+    out_dir: str
+
+
+class ServeParams(_Section):
+    host: str
+    port: int = Field(ge=0, le=65535)
+    max_concurrency: int = Field(ge=1, le=4096)
+    retry_after_s: int = Field(ge=0)
+    timeout_s: float = Field(gt=0)
+    auth: Literal["required", "off"]
 
 
 class DatasetInput(_Section):
@@ -288,6 +307,8 @@ class Params(_Section):
     validate_dataset: ValidateDatasetParams
     train_router: TrainRouterParams
     evaluate_router: EvaluateRouterParams
+    package_router: PackageRouterParams
+    serve: ServeParams
 
     def router_limits(self) -> RolloutLimits:
         """Limits of the episodes the trained router runs (training, evaluation, serving):

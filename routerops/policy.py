@@ -8,13 +8,16 @@ rollout with exactly known text. It is not a learned policy and never reports lo
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from routerops.rollout import Generation
+from routerops.config import Params
+from routerops.policy_server import CompletionsPolicy, PolicyServerConfig
+from routerops.rollout import Generation, TokenGenerator
 from routerops.tokens import Tokenizer, decode_text
 
 if TYPE_CHECKING:
@@ -29,6 +32,7 @@ __all__ = [
     "ScriptedRouter",
     "TransformersGenerator",
     "answer_turn",
+    "build_policy",
     "extract_reply_answer",
     "hf_generate",
     "load_transformers_policy",
@@ -190,3 +194,37 @@ def load_transformers_policy(path: str | Path, **kwargs: Any) -> TransformersGen
     model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True)
     model.eval()
     return TransformersGenerator(cast("CausalLM", model), cast("PreTrainedTokenizerFast", tok), **kwargs)
+
+
+def build_policy(params: Params, router_dir: Path, environ: Mapping[str, str] | None = None
+                 ) -> tuple[TokenGenerator, Tokenizer, CompletionsPolicy | None]:
+    """(generator, tokenizer, client to close) for the profile's policy backend
+    (`evaluate_router.policy`): the router directory in this process, or a completions server.
+    Evaluation and the service both run the router through this."""
+    from transformers import AutoTokenizer
+
+    ep = params.evaluate_router
+    kind = ep.policy[params.profile]
+    if not (router_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{router_dir}: no trained router (config.json missing); run train_router first")
+    greedy = ep.decoding == "greedy"
+    if kind == "transformers":
+        import torch
+
+        from routerops.training.tiny_policy import BatchedGenerator, load_policy
+
+        torch.manual_seed(ep.seed)
+        model, hf_tok = load_policy(router_dir)
+        return (BatchedGenerator(model, hf_tok, greedy=greedy, temperature=ep.temperature, top_p=ep.top_p,
+                                 max_batch=ep.concurrency), hf_tok, None)
+    env = os.environ if environ is None else environ
+    base_url = env.get(ep.policy_base_url_env, "")
+    if not base_url:
+        raise ValueError(f"evaluate_router.policy is 'completions' for profile {params.profile!r}: set "
+                         f"{ep.policy_base_url_env} to the router server's base URL (ending in /v1)")
+    tok: Tokenizer = AutoTokenizer.from_pretrained(router_dir, local_files_only=True)
+    client = CompletionsPolicy(PolicyServerConfig(
+        base_url=base_url, model=ep.policy_model or str(router_dir), api_key=env.get(ep.policy_api_key_env) or None,
+        greedy=greedy, temperature=ep.temperature, top_p=ep.top_p, seed=ep.seed,
+        max_connections=ep.concurrency), tok)
+    return client, tok, client

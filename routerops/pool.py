@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,14 @@ class Pool(_Frozen):
         if c is None:
             raise KeyError(f"{name!r} is not in pool {self.source_file} ({', '.join(self.names)})")
         return c
+
+    def restricted(self, names: Iterable[str]) -> Pool:
+        """The same pool (ids and prices) offering only `names` to the router, in pool order; a
+        name that resolves to no candidate raises KeyError naming the pool."""
+        keep = {self.get(n).name for n in names}
+        if not keep:
+            raise ValueError("a restricted pool needs at least one candidate")
+        return self.model_copy(update={"candidates": tuple(c for c in self.candidates if c.name in keep)})
 
     def prices(self) -> dict[str, Price]:
         return {c.name: c.price for c in self.candidates}

@@ -12,7 +12,6 @@ re-costs it all with no call.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -44,18 +43,16 @@ from routerops.evaluation import (
 )
 from routerops.io import atomic_dir, write_json_atomic
 from routerops.paths import default_params_file, default_pool_file, project_root
-from routerops.policy import extract_reply_answer
-from routerops.policy_server import CompletionsPolicy, PolicyServerConfig
+from routerops.policy import build_policy, extract_reply_answer
 from routerops.pool import Pool, load_pool
 from routerops.progress import progress
 from routerops.protocol import check_format
 from routerops.report import pareto_plot, render_report, render_summary
 from routerops.rl_dataset import read_questions
-from routerops.rollout import TokenGenerator, run_episode
+from routerops.rollout import run_episode
 from routerops.runtime import Backends, build_backend, encode_prompt
-from routerops.tokens import Tokenizer
 
-__all__ = ["Inputs", "Outputs", "main", "policy_generator", "run", "single_calls", "write"]
+__all__ = ["Inputs", "Outputs", "main", "run", "single_calls", "write"]
 
 
 @dataclass(frozen=True)
@@ -106,41 +103,9 @@ async def single_calls(questions: Sequence[QuestionInfo], pool: Pool, backend: C
     return out
 
 
-def policy_generator(params: Params, router_dir: Path, environ: Mapping[str, str] | None = None
-                     ) -> tuple[TokenGenerator, Tokenizer, CompletionsPolicy | None]:
-    """(generator, tokenizer, client to close) for the profile's policy backend."""
-    from transformers import AutoTokenizer
-
-    ep = params.evaluate_router
-    kind = ep.policy[params.profile]
-    if not (router_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{router_dir}: no trained router (config.json missing); run train_router first")
-    greedy = ep.decoding == "greedy"
-    if kind == "transformers":
-        import torch
-
-        from routerops.training.tiny_policy import BatchedGenerator, load_policy
-
-        torch.manual_seed(ep.seed)
-        model, hf_tok = load_policy(router_dir)
-        return (BatchedGenerator(model, hf_tok, greedy=greedy, temperature=ep.temperature, top_p=ep.top_p,
-                                 max_batch=ep.concurrency), hf_tok, None)
-    env = os.environ if environ is None else environ
-    base_url = env.get(ep.policy_base_url_env, "")
-    if not base_url:
-        raise ValueError(f"evaluate_router.policy is 'completions' for profile {params.profile!r}: set "
-                         f"{ep.policy_base_url_env} to the router server's base URL (ending in /v1)")
-    tok: Tokenizer = AutoTokenizer.from_pretrained(router_dir, local_files_only=True)
-    client = CompletionsPolicy(PolicyServerConfig(
-        base_url=base_url, model=ep.policy_model or str(router_dir), api_key=env.get(ep.policy_api_key_env) or None,
-        greedy=greedy, temperature=ep.temperature, top_p=ep.top_p, seed=ep.seed,
-        max_connections=ep.concurrency), tok)
-    return client, tok, client
-
-
 async def _router_records(questions: Sequence[QuestionInfo], params: Params, pool: Pool, router_dir: Path,
                           backends: Backends) -> list[EvalRecord]:
-    gen, tok, client = policy_generator(params, router_dir)
+    gen, tok, client = build_policy(params, router_dir)
     limits = params.router_limits()
     sem = asyncio.Semaphore(params.evaluate_router.concurrency)
     bar = progress(len(questions), "router")

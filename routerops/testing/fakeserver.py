@@ -136,12 +136,18 @@ class _BadRequest(Exception):
         self.message = message
 
 
+# How often a held request looks at its event: 5 ms keeps a release prompt and the loop idle.
+_HOLD_POLL_S = 0.005
+
+
 class FakeOpenAIServer:
     """Context manager: a chat-completions server on 127.0.0.1:<ephemeral port>.
 
     Faults: `faults` (and later `push(...)`) queue one Fault per successive request, `None`
-    meaning a normal reply; when `on_request` is given it decides instead, per request. Counters
-    and the request log are safe to read from any thread.
+    meaning a normal reply; when `on_request` is given it decides instead, per request. With
+    `hold` (a threading.Event) every request waits, without blocking the server, until the event
+    is set: a test keeps requests in flight for exactly as long as it needs, whatever the speed.
+    Counters and the request log are safe to read from any thread.
     """
 
     def __init__(
@@ -154,10 +160,12 @@ class FakeOpenAIServer:
         port: int = 0,
         shutdown_timeout_s: float = 5.0,
         log_requests: bool = True,
+        hold: threading.Event | None = None,
     ) -> None:
         if latency_s < 0:
             raise ValueError(f"latency_s must be >= 0, got {latency_s}")
         self.latency_s = latency_s
+        self.hold = hold
         self.on_request = on_request
         self.reply = reply
         self._requested_port = port
@@ -382,6 +390,8 @@ class FakeOpenAIServer:
     async def _respond(
         self, writer: asyncio.StreamWriter, info: RequestInfo, fault: Fault | None, keep_alive: bool
     ) -> bool:
+        while self.hold is not None and not self.hold.is_set():
+            await asyncio.sleep(_HOLD_POLL_S)
         if fault is not None and fault.kind == "stall":
             await asyncio.sleep(fault.seconds)
         elif self.latency_s > 0:

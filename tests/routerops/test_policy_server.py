@@ -178,21 +178,21 @@ def test_bad_config(kw, message) -> None:
 
 
 def test_evaluation_picks_the_profiles_policy(repo_root: Path, tmp_path: Path) -> None:
-    from stages.evaluate_router import policy_generator
+    from routerops.policy import build_policy
 
     params = load_params(repo_root / "params.yaml")
     gpu = params.model_copy(update={"profile": "gpu"})
     ep = params.evaluate_router
     missing = f"{tmp_path}: no trained router (config.json missing); run train_router first"
     with pytest.raises(FileNotFoundError, match=f"^{re.escape(missing)}$"):
-        policy_generator(gpu, tmp_path, environ={})
+        build_policy(gpu, tmp_path, environ={})
     router = tmp_path / "router"
     router.mkdir()
     (router / "config.json").write_text("{}")
     unset = ("evaluate_router.policy is 'completions' for profile 'gpu': set ROUTEROPS_ROUTER_BASE_URL "
              "to the router server's base URL (ending in /v1)")
     with pytest.raises(ValueError, match=f"^{re.escape(unset)}$"):
-        policy_generator(gpu, router, environ={})
+        build_policy(gpu, router, environ={})
     # A policy table without the profile is refused when the params are read, before any stage runs.
     with pytest.raises(ValueError, match=re.escape("policy needs an entry for every profile; missing: gpu")):
         type(ep).model_validate({**ep.model_dump(), "policy": {"local": "transformers"}})

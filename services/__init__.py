@@ -1,0 +1,1 @@
+"""The BentoML service that serves a packaged router (see docs/serving.md)."""
