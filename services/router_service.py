@@ -222,3 +222,10 @@ class RouterService:
             return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
         return JSONResponse(chat_completion(answer, model=self.model_id, ignored=ignored, completion_id=completion_id),
                             headers=headers)
+
+
+# Registered after the service's routes (Starlette matches in order): any other /v1 path.
+@app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def _unknown_path(path: str) -> JSONResponse:
+    return JSONResponse(error_body(f"unknown endpoint /v1/{path}: this service serves /v1/chat/completions and "
+                                   "/v1/models", code="unknown_url"), status_code=404)

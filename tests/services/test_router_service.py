@@ -177,7 +177,9 @@ def test_bad_requests_get_openai_errors_with_exact_messages(packaged, serve, key
         assert (r.status_code, err["message"], err["param"], err["type"]) == (status, message, param,
                                                                               "invalid_request_error"), body
     unknown_path = httpx.get(f"{svc.base_url}/v1/nothing", timeout=30)
-    assert (unknown_path.status_code, unknown_path.json()["error"]["message"]) == (404, "Not Found")
+    assert (unknown_path.status_code, unknown_path.json()["error"]) == (404, {
+        "message": "unknown endpoint /v1/nothing: this service serves /v1/chat/completions and /v1/models",
+        "type": "invalid_request_error", "param": None, "code": "unknown_url"})
     # the official client raises its typed errors on the same replies
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         client(svc, key).chat.completions.create(model="gpt-9", messages=user)
