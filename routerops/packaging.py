@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from routerops.candidates.types import QuestionInfo
 from routerops.config import Params, load_params
@@ -35,7 +35,7 @@ from routerops.pool import Pool, load_pool
 
 __all__ = ["BENTO_ARCHIVE", "MATRIX_FILES", "MODEL_ARCHIVE", "PACKAGE_RECORD", "RECORD_FILE", "LoadedPackage",
            "PackageError", "PackageRecord", "bentoml_home", "file_hashes", "load_package", "package_files",
-           "package_version"]
+           "package_version", "runtime_env_names"]
 
 PACKAGE_RECORD = "routerops-package.json"
 # What `package_router` writes to its output directory: the record and the two BentoML archives.
@@ -51,6 +51,20 @@ QUESTIONS_FILE = f"{REPLAY_DIR}/questions.json"
 # The quality matrix files `QualityMatrix.load` reads (about 8 MB in all).
 MATRIX_FILES = ("llmrouter_queries_train.jsonl", "llmrouter_queries_test.jsonl", "llmrouter_quality_train.json",
                 "llmrouter_quality_test.json")
+
+
+def runtime_env_names(params: Params, pool: Pool) -> tuple[str, ...]:
+    """The env vars a service of this profile must be given: each candidate's endpoint (base URL,
+    API key) when candidates are called over HTTP, the router server's when the policy is one.
+    None for the local profile (replay pool, in-process policy). Names only, never values."""
+    names: list[str] = []
+    if params.candidates.backend == "openai":
+        for c in pool.candidates:
+            names += [c.endpoint.base_url_env, c.endpoint.api_key_env]
+    ep = params.evaluate_router
+    if ep.policy[params.profile] == "completions":
+        names += [ep.policy_base_url_env, ep.policy_api_key_env]
+    return tuple(dict.fromkeys(names))
 
 
 class PackageError(ValueError):
@@ -139,6 +153,9 @@ def load_package(root: Path, *, verify: bool = True) -> LoadedPackage:
         record = PackageRecord.model_validate_json(record_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PackageError(f"{record_path}: missing; not a router package") from None
+    except ValidationError as exc:
+        raise PackageError(f"{record_path}: not a package record ({exc.error_count()} errors; first: "
+                           f"{exc.errors()[0]['msg']})") from None
     if verify:
         for rel, digest in record.files.items():
             path = root / rel

@@ -83,7 +83,6 @@ class ServiceProcess:
     cwd: Path | None = None  # where the server starts; never needs to be the checkout
     env: Mapping[str, str] | None = None
     log_path: Path | None = None
-    args: Mapping[str, str] = field(default_factory=dict)  # `--arg key=value` overrides
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -95,10 +94,10 @@ class ServiceProcess:
         return None if self._proc is None else self._proc.pid
 
     def command(self) -> list[str]:
-        cmd = [_bentoml(), "serve", self.bento, "--host", self.host, "--port", str(self.port)]
-        for k, v in self.args.items():
-            cmd += ["--arg", f"{k}={v}"]
-        return cmd
+        # No `--arg`: serving a built Bento, BentoML 1.4 replaces command-line arguments with the ones
+        # recorded at build time (`_load_bento` calls `set_arguments(bento.info.args)`); settings
+        # change through params and a new package.
+        return [_bentoml(), "serve", self.bento, "--host", self.host, "--port", str(self.port)]
 
     def start(self, timeout_s: float = 120.0) -> ServiceProcess:
         log_path = self.log_path or Path(self.home) / "logs" / f"serve-{self.port}.log"

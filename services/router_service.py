@@ -12,7 +12,9 @@ pyproject.toml); the Bento's arguments name the packaged model and the serving s
 
 Errors are OpenAI's error JSON. Auth is `Authorization: Bearer <key>` against the hashed key store
 (`routerops keys create`); a key's budget is checked before a request and charged after it.
-Requests beyond `max_concurrency` are refused at once with 429 and `Retry-After`.
+Requests beyond `max_concurrency` are refused at once with 429 and `Retry-After`. On SIGTERM the
+requests in flight finish and are billed; a request that still reaches the worker gets 503 with
+`Retry-After`, and connections that wait in the listen queue are reset when the server exits.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +62,9 @@ class ServiceArgs(BaseModel):
     retry_after_s: int
     timeout_s: float
     auth: Literal["required", "off"]
+    # Env vars the profile's backends read (`routerops.serving.runtime_env_names`), declared on the
+    # service so that BentoCloud refuses a deployment that does not set them.
+    runtime_envs: tuple[str, ...] = ()
 
 
 # HuggingFace's per-file "Loading weights" bars say nothing a server log needs.
@@ -97,7 +104,7 @@ class _Metrics:
         self.refusals = Counter("routerops_refusals", "Requests refused, by reason", ["reason"])
 
 
-@bentoml.service(traffic={"timeout": args.timeout_s})
+@bentoml.service(traffic={"timeout": args.timeout_s}, envs=[{"name": name} for name in args.runtime_envs])
 @bentoml.asgi_app(app, path="/")
 class RouterService:
     package_model = bentoml.models.BentoModel(args.model)
@@ -108,7 +115,9 @@ class RouterService:
         self.model_id = f"{package.record.model_tag}"
         self.keys = KeyStore(keys_db_path()) if args.auth == "required" else None
         self.in_flight = 0
+        self.draining = False
         self.metrics = _Metrics()
+        self._chain_sigterm()
         import routerops
 
         log.info("serving router %s (model %s) with code from %s; auth %s, at most %d requests at once",
@@ -119,6 +128,21 @@ class RouterService:
         return True  # the package is loaded in __init__, before the first request
 
     # ----- helpers ----------------------------------------------------------------------------
+
+    def _chain_sigterm(self) -> None:
+        # uvicorn has installed its SIGTERM handler (stop accepting, let connections finish) by the
+        # time the service is created; ours runs first to refuse what still arrives, then calls it.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            self.draining = True
+            log.info("SIGTERM: finishing %d request(s) in flight, refusing new ones", self.in_flight)
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     def _refuse(self, reason: str, exc: ApiError) -> ApiError:
         self.metrics.refusals.labels(reason=reason).inc()
@@ -168,6 +192,10 @@ class RouterService:
             self.metrics.latency.observe(time.perf_counter() - started)
 
     async def _chat(self, request: Request) -> Response:
+        if self.draining:
+            raise self._refuse("shutdown", ApiError(
+                503, "the router is shutting down; retry on another replica", type_="server_error",
+                code="service_unavailable", headers={"retry-after": str(args.retry_after_s), "x-should-retry": "true"}))
         key = await self._authenticate(request)
         if self.in_flight >= args.max_concurrency:
             raise self._refuse("overload", ApiError(

@@ -38,6 +38,7 @@ from routerops.packaging import (
     file_hashes,
     package_files,
     package_version,
+    runtime_env_names,
 )
 from routerops.paths import default_params_file, default_pool_file, project_root
 from routerops.pool import Pool, load_pool
@@ -72,6 +73,7 @@ class Outputs:
     record: PackageRecord
     files: Mapping[str, bytes]  # the model directory, record included
     summary: str
+    runtime_envs: tuple[str, ...]  # env vars the service must be given (declared on the Bento)
 
 
 def _commit(root: Path) -> str:
@@ -122,7 +124,7 @@ def run(params: Params, inputs: Inputs) -> Outputs:
                            evaluation=_headline(root / params.evaluate_router.metrics), files=file_hashes(files),
                            code=code)
     files[PACKAGE_RECORD] = (record.model_dump_json(indent=2) + "\n").encode()
-    return Outputs(record, files, _summary(record))
+    return Outputs(record, files, _summary(record), runtime_env_names(params, inputs.pool))
 
 
 def _summary(record: PackageRecord) -> str:
@@ -137,10 +139,10 @@ def _summary(record: PackageRecord) -> str:
     return "\n".join(lines)
 
 
-def _service_args(params: Params, record: PackageRecord) -> dict[str, Any]:
+def _service_args(params: Params, out: Outputs) -> dict[str, Any]:
     s = params.serve
-    return {"model": record.model_tag, "max_concurrency": s.max_concurrency, "retry_after_s": s.retry_after_s,
-            "timeout_s": s.timeout_s, "auth": s.auth}
+    return {"model": out.record.model_tag, "max_concurrency": s.max_concurrency, "retry_after_s": s.retry_after_s,
+            "timeout_s": s.timeout_s, "auth": s.auth, "runtime_envs": list(out.runtime_envs)}
 
 
 def write(out: Outputs, params: Params, root: Path, out_dir: Path) -> None:
@@ -165,7 +167,7 @@ def write(out: Outputs, params: Params, root: Path, out_dir: Path) -> None:
     except NotFound:
         bentoml.bentos.build_bentofile(str(root / "pyproject.toml"), build_ctx=str(root),
                                        name=params.package_router.bento_name, version=record.version,
-                                       labels=record.labels, args=_service_args(params, record))
+                                       labels=record.labels, args=_service_args(params, out))
     with atomic_dir(out_dir) as tmp:
         bentoml.models.export_model(record.model_tag, str(tmp / MODEL_ARCHIVE))
         bentoml.bentos.export_bento(record.bento_tag, str(tmp / BENTO_ARCHIVE))

@@ -75,12 +75,18 @@ def test_pipeline_runs_end_to_end_and_pushes(prefect_server, repo_root, store, c
     assert summary["route_samples"]["questions"] == params["demo"]["questions"]
     assert (repo / "artifacts" / "router" / "config.json").is_file()
     # every stage wrote its own summary, which the flow only published
-    for out in ("artifacts/dataset", "artifacts/validation", "artifacts/router", "artifacts/evaluation"):
+    for out in ("artifacts/dataset", "artifacts/validation", "artifacts/router", "artifacts/evaluation",
+                "artifacts/package", "runs/ask_service"):
         assert (repo / out / "summary.md").read_text().startswith("# "), out
     evaluation = summary["evaluation"]
     assert evaluation["verdict"]["router_em"] == evaluation["average"]["router"]["em"]
     assert evaluation["verdict"]["oracle_em_gap"] == pytest.approx(
         evaluation["average"]["oracle"]["em"] - evaluation["average"]["router"]["em"])
+    # the packaged Bento answered the demo's questions over HTTP, each reply with its bill
+    record = json.loads((repo / "artifacts" / "package" / "package.json").read_text())
+    replies = [json.loads(line) for line in (repo / "runs" / "ask_service" / "replies.jsonl").read_text().splitlines()]
+    assert len(replies) == params["demo"]["service_questions"]
+    assert {r["routerops"]["router_version"] for r in replies} == {record["version"]}
     # every output the lock file and data.dvc name is in the bucket, and nothing else came from elsewhere
     in_sync = dvc(repo, "status", "--cloud", "--json")
     assert (in_sync.returncode, json.loads(in_sync.stdout)) == (0, {}), in_sync.stderr
@@ -95,7 +101,8 @@ def test_pipeline_runs_end_to_end_and_pushes(prefect_server, repo_root, store, c
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines() == ["'data.dvc' didn't change, skipping", *(
         f"Stage '{s}' didn't change, skipping" for s in ("build_dataset", "validate_dataset", "train_router",
-                                                         "evaluate_router")), "Data and pipelines are up to date."]
+                                                         "evaluate_router", "package_router")),
+                                      "Data and pipelines are up to date."]
     assert (repo / "artifacts" / "evaluation" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     # a price change (prices are not in the prompt) re-runs training and evaluation, never the dataset
     pool = (repo / "pool.yaml").read_text().replace("output_usd_per_mtok: 1.20", "output_usd_per_mtok: 2.40")

@@ -29,6 +29,7 @@ TINY = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_lay
         "sft_epochs": 2, "sft_batch_size": 16, "sft_lr": 0.006, "grpo_steps": 2, "questions_per_step": 2,
         "group_size": 2, "checkpoint_every": 1}
 TEST_PER_BENCHMARK = 4
+OPENAI_MAX_CONCURRENCY = 2
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,11 @@ PACKAGE_AGAIN = textwrap.dedent("""
 @pytest.fixture(scope="session")
 def openai_packaged(packaged: Packaged, shared_data) -> PackageRecord:
     """The same router packaged with HTTP candidates (params candidates.backend: openai, one
-    attempt per call, no cache): a second version, served against a loopback fake server."""
+    attempt per call, no cache) and at most 2 requests at once: a second version, served against a
+    loopback fake server."""
     params = yaml.safe_load((packaged.project / "params.yaml").read_text())
     params["candidates"].update({"backend": "openai", "cache_path": None, "max_attempts": 1, "read_timeout_s": 60})
+    params["serve"]["max_concurrency"] = OPENAI_MAX_CONCURRENCY
     params_file = packaged.project / "params-openai.yaml"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "ROUTEROPS_SHARED_DATA": str(shared_data)}
@@ -104,15 +107,14 @@ def key(keys: KeyStore) -> CreatedKey:
 
 @pytest.fixture
 def serve(packaged: Packaged, keys: KeyStore, tmp_path) -> Iterator[Callable[..., ServiceProcess]]:
-    """Factory: `serve(bento=..., env=..., args=...)` starts a service from a scratch directory."""
+    """Factory: `serve(bento=..., env=...)` starts a service from a scratch directory."""
     started: list[ServiceProcess] = []
 
-    def start(bento: str | None = None, env: dict[str, str] | None = None,
-              args: dict[str, str] | None = None) -> ServiceProcess:
+    def start(bento: str | None = None, env: dict[str, str] | None = None) -> ServiceProcess:
         scratch = tmp_path / f"cwd-{len(started)}"
         scratch.mkdir()
         svc = ServiceProcess(bento or packaged.record.bento_tag, packaged.home, cwd=scratch,
-                             env={KEYS_DB_ENV: str(keys.path), **(env or {})}, args=args or {},
+                             env={KEYS_DB_ENV: str(keys.path), **(env or {})},
                              log_path=tmp_path / f"serve-{len(started)}.log")
         started.append(svc)
         return svc.start(timeout_s=240)

@@ -15,6 +15,7 @@ import time
 import httpx
 import openai
 import pytest
+import yaml
 from openai import AsyncOpenAI, OpenAI
 
 from routerops.candidates.types import CallOrigin
@@ -275,13 +276,16 @@ def test_a_flood_beyond_the_limit_gets_429_with_retry_after_and_no_500(packaged,
     hold = threading.Event()
     fake = _held_candidates(hold)
     try:
-        svc = serve(bento=openai_packaged.bento_tag, env=_candidate_env(fake), args={"max_concurrency": "2"})
+        limit = yaml.safe_load((packaged.project / "params-openai.yaml").read_text())["serve"]["max_concurrency"]
+        assert limit == 2
+        svc = serve(bento=openai_packaged.bento_tag, env=_candidate_env(fake))
         body = {"model": openai_packaged.model_tag, "messages": [{"role": "user", "content": routed}]}
         results: list[httpx.Response] = []
-        threads = [threading.Thread(target=lambda: results.append(_post(svc, body, key))) for _ in range(2)]
+        threads = [threading.Thread(target=lambda: results.append(_post(svc, body, key)))
+                   for _ in range(limit)]
         for t in threads:
             t.start()
-        _wait_for(lambda: fake.in_flight == 2, "two requests held at the candidate")
+        _wait_for(lambda: fake.in_flight == limit, "two requests held at the candidate")
         refused = [_post(svc, body, key) for _ in range(6)]
         assert {(r.status_code, r.headers.get("retry-after"), r.json()["error"]["code"]) for r in refused} == {
             (429, "1", "rate_limit_exceeded")}
@@ -289,6 +293,8 @@ def test_a_flood_beyond_the_limit_gets_429_with_retry_after_and_no_500(packaged,
         for t in threads:
             t.join(timeout=120)
         assert [r.status_code for r in results] == [200, 200]
+        assert refused[0].json()["error"]["message"] == ("the router is answering 2 requests, its limit; retry "
+                                                         "after 1 s")
         metrics = httpx.get(f"{svc.base_url}/metrics", timeout=30).text
         assert metric(metrics, "routerops_refusals_total", reason="overload") == 6
         assert metric(metrics, "routerops_requests_total", status="429") == 6
@@ -329,30 +335,42 @@ def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(packaged
     try:
         svc = serve(bento=openai_packaged.bento_tag, env=_candidate_env(fake))
         body = {"model": openai_packaged.model_tag, "messages": [{"role": "user", "content": routed}]}
-        results: list[httpx.Response] = []
-        worker = threading.Thread(target=lambda: results.append(_post(svc, body, key)))
+        first: list[httpx.Response] = []
+        worker = threading.Thread(target=lambda: first.append(_post(svc, body, key)))
         worker.start()
         _wait_for(lambda: fake.in_flight == 1, "the request held at the candidate")
         svc.terminate()
-        _wait_for(lambda: _refused(svc), "the stopping server refusing new connections")
+        _wait_for(lambda: "SIGTERM: finishing 1 request(s) in flight, refusing new ones" in svc.log_tail(),
+                  "the worker to log the SIGTERM")
+        late: list[httpx.Response | httpx.TransportError] = []
+
+        def send_late() -> None:
+            try:
+                late.append(_post(svc, body, key))
+            except httpx.TransportError as exc:  # queued on the listen socket, reset at exit
+                late.append(exc)
+
+        latecomer = threading.Thread(target=send_late)
+        latecomer.start()
         hold.set()
         worker.join(timeout=120)
-        assert [r.status_code for r in results] == [200]
-        assert keys.get(key.record.key_id).requests == 1  # the finished request was billed
-        assert svc.wait(timeout_s=120) is not None
+        latecomer.join(timeout=120)
+        assert [r.status_code for r in first] == [200]
+        assert svc.wait(timeout_s=120) == 0
+        # The late request was refused, whichever way it met the stopping server: by the service
+        # (503, Retry-After) if the worker still read it, else by the reset of its queued connection.
+        [outcome] = late
+        if isinstance(outcome, httpx.Response):
+            assert (outcome.status_code, outcome.headers["retry-after"], outcome.json()["error"]["code"]) == (
+                503, "1", "service_unavailable")
+        else:
+            assert isinstance(outcome, (httpx.ReadError, httpx.RemoteProtocolError, httpx.ConnectError)), outcome
+        # every candidate request the fake saw was the first request's (max_attempts 1: one per call)
+        assert fake.total_requests == sum(c["outcome"] == "http" for c in first[0].json()["routerops"]["calls"]) >= 1
+        assert keys.get(key.record.key_id).requests == 1  # the finished request was billed, the late one not
     finally:
         hold.set()
         fake.stop()
-
-
-def _refused(svc) -> bool:
-    try:
-        httpx.get(f"{svc.base_url}/livez", timeout=2)
-    except httpx.ConnectError:
-        return True
-    except httpx.HTTPError:
-        return False
-    return False
 
 
 def test_metrics_count_what_the_test_sent(packaged, serve, key) -> None:
