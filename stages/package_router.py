@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ __all__ = ["BUNDLED_CODE", "Inputs", "Outputs", "main", "run", "write"]
 SCHEMA_VERSION = 1
 # Code the Bento carries besides this stage's own: the service and everything it imports.
 BUNDLED_CODE = ("services.router_service",)
+# The key of the Bento build config (`[tool.bentoml]` of pyproject.toml) in the record's code hashes.
+BUILD_CONFIG_KEY = "pyproject.toml:tool.bentoml"
 # (stage, output path) of dvc.lock whose hash each label carries.
 LOCK_LABELS = {"dataset_md5": ("build_dataset", "artifacts/dataset"),
                "router_md5": ("train_router", "artifacts/router"),
@@ -91,6 +94,12 @@ def _lock_hashes(root: Path) -> dict[str, str]:
     return out
 
 
+def _build_config(root: Path) -> dict[str, Any]:
+    with (root / "pyproject.toml").open("rb") as f:
+        config: dict[str, Any] = tomllib.load(f)["tool"]["bentoml"]
+    return config
+
+
 def _headline(metrics_file: Path) -> dict[str, float | bool | None]:
     m = json.loads(metrics_file.read_text())
     router = m["average"]["router"]
@@ -113,8 +122,9 @@ def run(params: Params, inputs: Inputs) -> Outputs:
                           router_dir=root / params.train_router.out_dir,
                           template=None if template is None else root / template,
                           matrix_dir=root / params.build_dataset.raw_dir / "pool", questions=questions)
-    code = {rel: digest for rel, digest in file_hashes(
-        {rel: (root / rel).read_bytes() for rel in import_closure(BUNDLED_CODE, root)}).items()}
+    code = file_hashes({rel: (root / rel).read_bytes() for rel in import_closure(BUNDLED_CODE, root)})
+    # The Bento's build config (what it includes, what its image installs) is part of the version.
+    code[BUILD_CONFIG_KEY] = file_hashes({"": json.dumps(_build_config(root), sort_keys=True).encode()})[""]
     version = package_version(file_hashes(files), code)
     labels = {"version": version, "code_commit": _commit(root), "pool_snapshot": inputs.pool.snapshot_id,
               "pricing_id": inputs.pool.pricing.id, "pricing_label": inputs.pool.pricing.label,
