@@ -18,6 +18,7 @@ from typing import Any
 from routerops.candidates.budget import RequestBudget
 from routerops.candidates.replay import question_key
 from routerops.candidates.types import CallOrigin, FailureKind, QuestionInfo
+from routerops.config import CandidatesParams
 from routerops.packaging import LoadedPackage
 from routerops.policy import build_policy
 from routerops.pool import Pool
@@ -26,20 +27,38 @@ from routerops.protocol import check_format
 from routerops.rollout import PromptTooLong, Trajectory, run_episode
 from routerops.runtime import Backends, build_backend, encode_prompt
 
-__all__ = ["KEYS_DB_ENV", "Answer", "Bill", "BillLine", "QuestionTooLong", "RequestError", "Router",
-           "UnknownCandidate", "keys_db_path"]
+__all__ = ["KEYS_DB_ENV", "STATE_DIR_ENV", "Answer", "Bill", "BillLine", "QuestionTooLong",
+           "RequestError", "Router", "UnknownCandidate", "keys_db_path", "serving_candidates", "state_dir"]
 
 KEYS_DB_ENV = "ROUTEROPS_KEYS_DB"
+STATE_DIR_ENV = "ROUTEROPS_STATE_DIR"
+
+
+def state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where a service keeps what it writes (key store, response cache): `$ROUTEROPS_STATE_DIR`,
+    else `routerops/` under BentoML's home (`$BENTOML_HOME`, else ~/bentoml). State of the
+    deployment, never of the package: BentoML may run the worker inside the Bento's directory."""
+    env = os.environ if environ is None else environ
+    if env.get(STATE_DIR_ENV):
+        return Path(env[STATE_DIR_ENV])
+    home = Path(env["BENTOML_HOME"]) if env.get("BENTOML_HOME") else Path.home() / "bentoml"
+    return home / "routerops"
 
 
 def keys_db_path(environ: Mapping[str, str] | None = None) -> Path:
-    """The API key store a service uses: `$ROUTEROPS_KEYS_DB`, else `routerops/keys.sqlite` under
-    BentoML's home (`$BENTOML_HOME`, else ~/bentoml): state of the deployment, never of the package."""
+    """The API key store a service uses: `$ROUTEROPS_KEYS_DB`, else `keys.sqlite` in `state_dir`."""
     env = os.environ if environ is None else environ
     if env.get(KEYS_DB_ENV):
         return Path(env[KEYS_DB_ENV])
-    home = Path(env["BENTOML_HOME"]) if env.get("BENTOML_HOME") else Path.home() / "bentoml"
-    return home / "routerops" / "keys.sqlite"
+    return state_dir(env) / "keys.sqlite"
+
+
+def serving_candidates(p: CandidatesParams, environ: Mapping[str, str] | None = None) -> CandidatesParams:
+    """The packaged candidate settings with a relative response cache moved into `state_dir`
+    (its file name kept): relative to a server's working directory it would land in the Bento."""
+    if p.cache_path is None or Path(p.cache_path).is_absolute():
+        return p
+    return p.model_copy(update={"cache_path": str(state_dir(environ) / Path(p.cache_path).name)})
 
 
 class RequestError(ValueError):
@@ -139,7 +158,8 @@ class Router:
         self.package, self.params, self.pool = package, params, package.pool
         self.version = package.record.version
         self.generator, self.tokenizer, self._policy_client = build_policy(params, package.router_dir, environ)
-        self.backends: Backends = build_backend(params.candidates, data_dir=package.replay_data_dir,
+        self.backends: Backends = build_backend(serving_candidates(params.candidates, environ),
+                                                data_dir=package.replay_data_dir,
                                                 distractor_questions=package.questions,
                                                 include_prompt_cost=params.rewards.include_prompt_cost)
         self.limits = params.router_limits()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 
@@ -72,6 +73,7 @@ def test_sync_async_and_streaming_clients_get_answers_with_exact_bills(packaged,
     assert_bill_is_exact(bill, pool)
     assert raw.headers["x-routerops-router-version"] == packaged.record.version
     assert float(raw.headers["x-routerops-cost-usd"]) == pytest.approx(bill["total_usd"], abs=1e-10)
+    assert re.fullmatch(r"episode;dur=\d+\.\d{3}", raw.headers["server-timing"])
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens > 0
     # Greedy router, deterministic replay pool: the same question gets the same episode every time.
     again = c.chat.completions.create(model=model, messages=[{"role": "user", "content": QUESTION}])
