@@ -153,9 +153,10 @@ class KeyStore:
     """API keys in one SQLite file, shared by every thread and process that opens it.
 
     Each thread keeps one connection of its own (a process forked from one that used the store
-    opens fresh ones, never an inherited one). A connection per call doubled a charge (p50 0.50
-    against 0.24 ms on this project's 2-core machine, `python bench/keys.py`; closing the last
-    connection of a WAL file checkpoints it); what is left is the commit's fsync. `close()` closes
+    opens fresh ones, never an inherited one). A connection per call made a charge take 1.7 to 2
+    times as long (p50 0.50-0.60 against 0.24-0.36 ms over runs of `python bench/keys.py` on this
+    project's 2-core machine; closing the last connection of a WAL file checkpoints it); what is
+    left is the commit's fsync. `close()` closes
     them all.
     """
 

@@ -157,7 +157,7 @@ class RouterService:
                 401, "missing API key: send `Authorization: Bearer <key>` (create one with `routerops keys create`)",
                 code="invalid_api_key"))
         # SQLite on the event loop, as the policy's forward passes are: a read of microseconds and a
-        # charge of ~0.24 ms (bench/keys.py). Awaiting them on a worker thread instead added
+        # charge of 0.2-0.4 ms (bench/keys.py). Awaiting them on a worker thread instead added
         # milliseconds to a request, the thread waiting for a core next to torch's OpenMP threads.
         key = self.keys.authenticate(secret.strip())
         if key is None:
@@ -235,7 +235,7 @@ class RouterService:
             if line.usd:
                 self.metrics.usd.labels(model=line.model).inc(line.usd)
         if key is not None and self.keys is not None:
-            self.keys.charge(key.key_id, bill.total_usd)  # one UPDATE and its fsync (bench/keys.py: ~0.24 ms)
+            self.keys.charge(key.key_id, bill.total_usd)  # one UPDATE and its fsync (bench/keys.py: 0.2-0.4 ms)
             self.metrics.key_usd.labels(key_id=key.key_id).inc(bill.total_usd)
         # Server-Timing: how much of the latency a client sees was the episode; the rest is the service.
         headers = {"x-routerops-cost-usd": f"{bill.total_usd:.10f}", "x-routerops-router-version": bill.router_version,
