@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import platform
 import statistics
@@ -58,6 +59,7 @@ class Run:
     latencies_s: tuple[float, ...]  # per question, in question order
     wall_s: float
     outcomes: tuple[tuple[str, float], ...]
+    mean_batch: float = 0.0  # episodes per policy forward batch during the run
 
     @property
     def episodes_per_s(self) -> float:
@@ -85,12 +87,29 @@ async def measure(ask: Ask, questions: Sequence[str], concurrency: int) -> Run:
     return Run(tuple(latencies), time.perf_counter() - t0, tuple(outcomes))
 
 
-async def bench_side(ask: Ask, questions: Sequence[str], levels: Sequence[int], warmup: int) -> dict[int, Run]:
+BatchStats = Callable[[], Awaitable[tuple[float, float]]]  # -> (batches run, episodes in them) so far
+
+
+async def bench_side(ask: Ask, questions: Sequence[str], levels: Sequence[int], warmup: int,
+                     batch_stats: BatchStats) -> dict[int, Run]:
     await measure(ask, questions[:warmup], 1)
-    runs = {1: await measure(ask, questions, 1)}
-    for c in levels:
-        runs[c] = await measure(ask, questions, c)
+    runs = {}
+    for c in (1, *levels):
+        count0, sum0 = await batch_stats()
+        run = await measure(ask, questions, c)
+        count1, sum1 = await batch_stats()
+        runs[c] = dataclasses.replace(run, mean_batch=(sum1 - sum0) / max(count1 - count0, 1))
     return runs
+
+
+def histogram_totals(metrics_text: str, name: str) -> tuple[float, float]:
+    """(count, sum) of a Prometheus histogram in a /metrics page."""
+    values = {}
+    for line in metrics_text.splitlines():
+        for part in ("count", "sum"):
+            if line.startswith(f"{name}_{part}"):
+                values[part] = float(line.rsplit(" ", 1)[1])
+    return values.get("count", 0.0), values.get("sum", 0.0)
 
 
 def _package(project: Path) -> tuple[PackageRecord, Path, Path]:
@@ -126,7 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             async def ask(q: str) -> tuple[str, float]:
                 answer = await router.answer(q)
                 return answer.text, answer.bill.total_usd
-            return await bench_side(ask, questions, a.concurrency, a.warmup)
+
+            async def stats() -> tuple[float, float]:
+                batches = getattr(router.generator, "batches", None) or {}
+                return float(sum(batches.values())), float(sum(k * n for k, n in batches.items()))
+            return await bench_side(ask, questions, a.concurrency, a.warmup, stats)
         finally:
             await router.aclose()
 
@@ -151,7 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         EPISODE_MS.append(float(r.headers["server-timing"].split("dur=", 1)[1]))
                         body: dict[str, Any] = r.json()
                         return body["choices"][0]["message"]["content"], body["routerops"]["total_usd"]
-                    return await bench_side(ask, questions, a.concurrency, a.warmup)
+
+                    async def stats() -> tuple[float, float]:
+                        page = (await http.get("/metrics")).text
+                        return histogram_totals(page, "routerops_policy_batch_size")
+                    return await bench_side(ask, questions, a.concurrency, a.warmup, stats)
 
             print("service ...", file=sys.stderr)
             served = asyncio.run(over_http())
@@ -170,6 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         one = runs[1].latencies_s
         print(f"| {name} | {quantile(one, 0.5) * 1e3:.1f} | {quantile(one, 0.95) * 1e3:.1f} | "
               + " | ".join(f"{runs[c].episodes_per_s:.2f}" for c in a.concurrency) + " |")
+    print("\nepisodes per policy batch (mean): " + "; ".join(
+        f"conc {c}: in process {local[c].mean_batch:.1f}, service {served[c].mean_batch:.1f}"
+        for c in (1, *a.concurrency)))
     # conc 1 requests are the warm-up and then one per question, in order (see bench_side)
     episodes_s = [ms / 1e3 for ms in EPISODE_MS[a.warmup: a.warmup + len(questions)]]
     own = [lat - ep for lat, ep in zip(served[1].latencies_s, episodes_s, strict=True)]

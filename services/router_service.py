@@ -19,6 +19,7 @@ requests in flight finish and are billed; a request that still reaches the worke
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import signal
@@ -101,6 +102,8 @@ class _Metrics:
         self.usd = Counter("routerops_candidate_usd", "Dollars spent on candidates, by model", ["model"])
         self.key_usd = Counter("routerops_key_spend_usd", "Dollars billed to each API key", ["key_id"])
         self.refusals = Counter("routerops_refusals", "Requests refused, by reason", ["reason"])
+        self.batch_size = Histogram("routerops_policy_batch_size", "Episodes per policy forward batch",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 
 
 @bentoml.service(traffic={"timeout": args.timeout_s}, envs=[{"name": name} for name in args.runtime_envs])
@@ -115,6 +118,7 @@ class RouterService:
         self.keys = KeyStore(keys_db_path()) if args.auth == "required" else None
         self.in_flight = 0
         self.draining = False
+        self._batches_seen: collections.Counter[int] = collections.Counter()
         self.metrics = _Metrics()
         self._chain_sigterm()
         import routerops
@@ -167,6 +171,16 @@ class RouterService:
                 429, f"API key {key.key_id!r} has spent ${key.spent_usd:.6f} of its ${key.budget_usd:.6f} budget",
                 type_="insufficient_quota", code="insufficient_quota", headers={"x-should-retry": "false"}))
         return key
+
+    def _export_batches(self) -> None:
+        # The in-process policy counts its batches by size; the histogram gets what is new.
+        batches: collections.Counter[int] | None = getattr(self.router.generator, "batches", None)
+        if batches is None:
+            return  # a completions server batches on its own side
+        for size, n in batches.items():
+            for _ in range(n - self._batches_seen[size]):
+                self.metrics.batch_size.observe(size)
+        self._batches_seen = collections.Counter(batches)
 
     def _models(self) -> set[str]:
         return {self.model_id, self.model_id.split(":", 1)[0]}
@@ -229,6 +243,7 @@ class RouterService:
             raise
         finally:
             self.in_flight -= 1
+        self._export_batches()
         bill = answer.bill
         for line in bill.calls:
             self.metrics.calls.labels(model=line.model, outcome=line.outcome.value).inc()

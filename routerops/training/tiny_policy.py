@@ -9,6 +9,7 @@ concurrent episodes share one batched `generate` call, which is what makes CPU R
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,8 @@ class BatchedGenerator:
         self.max_batch, self.gather_turns = max_batch, gather_turns
         self._pending: list[_Request] = []
         self._flusher: asyncio.Task[None] | None = None
-        self.batches: list[int] = []  # sizes of the batches run, for reporting
+        # How many batches of each size ran: bounded by max_batch keys, so a server can keep one.
+        self.batches: Counter[int] = Counter()
 
     async def generate(self, prompt_ids: list[int], *, max_new_tokens: int, stop: Sequence[str]) -> Generation:
         fut: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
@@ -127,6 +129,7 @@ class BatchedGenerator:
                 await asyncio.sleep(0)
             while self._pending:
                 batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+                self.batches[len(batch)] += 1
                 try:
                     outs = self._run(batch)
                 except Exception as exc:  # a failed batch fails its own episodes, the rest go on
@@ -151,7 +154,6 @@ class BatchedGenerator:
 
     @torch.no_grad()
     def _run(self, batch: list[_Request]) -> list[Generation]:
-        self.batches.append(len(batch))
         pad = self.tokenizer.pad_token_id
         width = max(len(r.prompt_ids) for r in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)

@@ -387,6 +387,9 @@ def test_metrics_count_what_the_test_sent(packaged, serve, key) -> None:
     assert metric(text, "routerops_requests_total", status="401") == 1
     assert metric(text, "routerops_refusals_total", reason="model_not_found") == 1
     assert metric(text, "routerops_refusals_total", reason="auth") == 1
+    # one request at a time: every policy batch held one episode, one batch per router turn
+    batches = metric(text, "routerops_policy_batch_size_count")
+    assert batches == metric(text, "routerops_policy_batch_size_sum") == sum(b["turns"] for b in bills)
     per_model: dict[str, float] = {}
     for bill in bills:
         for c in bill["calls"]:

@@ -39,6 +39,7 @@ def test_batches_are_capped_at_max_batch() -> None:
     gen._run = lambda batch: (sizes.append(len(batch)) or [len(sizes)] * len(batch))  # type: ignore[method-assign]
     outs = asyncio.run(many(gen, 12))
     assert sizes == [5, 5, 2]  # one flush, in request order
+    assert gen.batches == {5: 2, 2: 1}  # what a server exports as its batch-size histogram
     assert outs == [1] * 5 + [2] * 5 + [3] * 2
 
 
