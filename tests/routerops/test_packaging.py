@@ -107,7 +107,7 @@ def test_package_files_needs_a_trained_router_and_the_replay_matrix(repo_root, s
     with pytest.raises(PackageError, match=r"no trained router \(config.json missing\); run train_router first"):
         _files(repo_root, shared_data, tmp_path)
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(PackageError, match="^candidates.backend is replay: the package needs the quality matrix$"):
+    with pytest.raises(PackageError, match=r"^candidates\.backend is replay: the package needs the quality matrix$"):
         _files(repo_root, shared_data, tmp_path, matrix_dir=None)
 
 
