@@ -104,11 +104,12 @@ def test_pipeline_runs_end_to_end_and_pushes(prefect_server, repo_root, store, c
                                                          "evaluate_router", "package_router")),
                                       "Data and pipelines are up to date."]
     assert (repo / "artifacts" / "evaluation" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
-    # a price change (prices are not in the prompt) re-runs training and evaluation, never the dataset
+    # a price change (prices are not in the prompt) re-runs training, evaluation and packaging (the
+    # package holds the pool), never the dataset
     pool = (repo / "pool.yaml").read_text().replace("output_usd_per_mtok: 1.20", "output_usd_per_mtok: 2.40")
     (repo / "pool.yaml").write_text(pool)
     status = json.loads(dvc(repo, "status", "--json").stdout)
-    assert set(status) == {"train_router", "evaluate_router"}
+    assert set(status) == {"train_router", "evaluate_router", "package_router"}
 
 
 @pytest.mark.slow
