@@ -45,13 +45,11 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without ins
 
 from routerops.config import load_params  # noqa: E402
 from routerops.keys import KeyStore  # noqa: E402
-from routerops.packaging import BENTO_ARCHIVE, MODEL_ARCHIVE, RECORD_FILE, PackageRecord, bentoml_home, load_package  # noqa: E402
-from routerops.service_process import ServiceProcess, import_archives  # noqa: E402
+from routerops.packaging import RECORD_FILE, PackageRecord, bentoml_home, load_package  # noqa: E402
+from routerops.service_process import ServiceProcess, import_package  # noqa: E402
 from routerops.serving import KEYS_DB_ENV, Router  # noqa: E402
 
 Ask = Callable[[str], Awaitable[tuple[str, float]]]  # question -> (answer, bill total USD)
-# Per request the service reports its episode's time (`Server-Timing: episode;dur=MS`).
-EPISODE_MS: list[float] = []
 
 
 @dataclass(frozen=True)
@@ -118,9 +116,8 @@ def _package(project: Path) -> tuple[PackageRecord, Path, Path]:
     record_file = out_dir / RECORD_FILE
     if not record_file.is_file():
         raise SystemExit(f"{record_file} does not exist: run `make demo` (or `dvc repro package_router`) first")
-    record = PackageRecord.model_validate_json(record_file.read_text())
     home = bentoml_home(params, project)
-    import_archives(record.model_tag, out_dir / MODEL_ARCHIVE, record.bento_tag, out_dir / BENTO_ARCHIVE, home)
+    record, _ = import_package(out_dir, home)
     name, version = record.model_tag.split(":", 1)
     return record, home, home / "models" / name / version
 
@@ -158,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("in process ...", file=sys.stderr)
     local = asyncio.run(in_process())
 
+    episode_ms: list[float] = []  # per served request, from its `Server-Timing: episode;dur=MS`
     with tempfile.TemporaryDirectory(prefix="routerops-bench-") as scratch:
         keys_db = Path(scratch) / "keys.sqlite"
         secret = KeyStore(keys_db).create("bench").secret
@@ -171,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         r = await http.post("/v1/chat/completions", json={
                             "model": record.model_tag, "messages": [{"role": "user", "content": q}]})
                         r.raise_for_status()
-                        EPISODE_MS.append(float(r.headers["server-timing"].split("dur=", 1)[1]))
+                        episode_ms.append(float(r.headers["server-timing"].split("dur=", 1)[1]))
                         body: dict[str, Any] = r.json()
                         return body["choices"][0]["message"]["content"], body["routerops"]["total_usd"]
 
@@ -201,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"conc {c}: in process {local[c].mean_batch:.1f}, service {served[c].mean_batch:.1f}"
         for c in (1, *a.concurrency)))
     # conc 1 requests are the warm-up and then one per question, in order (see bench_side)
-    episodes_s = [ms / 1e3 for ms in EPISODE_MS[a.warmup: a.warmup + len(questions)]]
+    episodes_s = [ms / 1e3 for ms in episode_ms[a.warmup: a.warmup + len(questions)]]
     own = [lat - ep for lat, ep in zip(served[1].latencies_s, episodes_s, strict=True)]
     paired = [s - i for s, i in zip(served[1].latencies_s, local[1].latencies_s, strict=True)]
     print(f"\nservice overhead per request, conc 1 (client latency minus the episode the service timed): "

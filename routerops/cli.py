@@ -445,8 +445,8 @@ def serve(
 ) -> None:
     """Serve the packaged Bento (not the source tree) with `bentoml serve`, importing it from
     package_router's archives first when BentoML's store lacks it."""
-    from routerops.packaging import BENTO_ARCHIVE, MODEL_ARCHIVE, RECORD_FILE, PackageRecord, bentoml_home
-    from routerops.service_process import ServiceError, ServiceProcess, import_archives
+    from routerops.packaging import RECORD_FILE, bentoml_home
+    from routerops.service_process import ServiceError, ServiceProcess, import_package
     from routerops.serving import KEYS_DB_ENV
 
     params = _project_params()
@@ -458,10 +458,8 @@ def serve(
         if not record_file.is_file():
             raise _fail(f"{record_file}: no package; run `dvc repro package_router` (or `make demo`), or pass "
                         "--bento", 1)
-        record = PackageRecord.model_validate_json(record_file.read_text())
         try:
-            imported = import_archives(record.model_tag, package_dir / MODEL_ARCHIVE, record.bento_tag,
-                                       package_dir / BENTO_ARCHIVE, home)
+            record, imported = import_package(package_dir, home)
         except ServiceError as exc:
             raise _fail(str(exc), 1) from None
         for tag in imported:

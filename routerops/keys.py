@@ -156,8 +156,7 @@ class KeyStore:
     opens fresh ones, never an inherited one). A connection per call made a charge take 1.7 to 2
     times as long (p50 0.50-0.60 against 0.24-0.36 ms over runs of `python bench/keys.py` on this
     project's 2-core machine; closing the last connection of a WAL file checkpoints it); what is
-    left is the commit's fsync. `close()` closes
-    them all.
+    left is the commit's fsync. `close()` closes them all.
     """
 
     def __init__(self, path: str | Path) -> None:

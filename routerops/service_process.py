@@ -22,7 +22,9 @@ from types import TracebackType
 
 import httpx
 
-__all__ = ["ServiceError", "ServiceProcess", "free_port", "import_archives"]
+from routerops.packaging import BENTO_ARCHIVE, MODEL_ARCHIVE, RECORD_FILE, PackageRecord
+
+__all__ = ["ServiceError", "ServiceProcess", "free_port", "import_archives", "import_package"]
 
 # Under 2 s on an idle 2-core machine from `bentoml serve` to a ready /readyz (the tiny router).
 _POLL_S = 0.2
@@ -70,6 +72,14 @@ def import_archives(model_tag: str, model_archive: Path, bento_tag: str, bento_a
             raise ServiceError(f"bentoml import {archive} failed: {proc.stderr.strip()[-2000:]}")
         done.append(tag)
     return done
+
+
+def import_package(package_dir: Path, home: Path) -> tuple[PackageRecord, list[str]]:
+    """The record `package_router` wrote in `package_dir`, and the tags `import_archives` brought
+    into `home` from the archives beside it (none when the store has both)."""
+    record = PackageRecord.model_validate_json((package_dir / RECORD_FILE).read_text())
+    return record, import_archives(record.model_tag, package_dir / MODEL_ARCHIVE, record.bento_tag,
+                                   package_dir / BENTO_ARCHIVE, home)
 
 
 @dataclass

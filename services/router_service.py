@@ -144,10 +144,9 @@ class RouterService:
             log.info("SIGTERM: finishing %d request(s) in flight, refusing new ones", self.in_flight)
             if callable(previous):
                 previous(signum, frame)
-            else:  # no server handler to pass it to: let SIGTERM do what it does by default
-                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous != signal.SIG_IGN else previous)
-                if previous != signal.SIG_IGN:
-                    os.kill(os.getpid(), signal.SIGTERM)
+            elif previous != signal.SIG_IGN:  # no server handler to hand it to: the default, exit
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.raise_signal(signal.SIGTERM)
 
         signal.signal(signal.SIGTERM, on_sigterm)
 

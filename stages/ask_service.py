@@ -23,10 +23,10 @@ from routerops.candidates.replay import QualityMatrix
 from routerops.config import Params, load_params
 from routerops.io import write_text_atomic
 from routerops.keys import KeyStore
-from routerops.packaging import BENTO_ARCHIVE, MODEL_ARCHIVE, RECORD_FILE, PackageRecord, bentoml_home
+from routerops.packaging import PackageRecord, bentoml_home
 from routerops.paths import default_params_file, project_root, runs_dir
 from routerops.rewards import exact_match
-from routerops.service_process import ServiceProcess, import_archives
+from routerops.service_process import ServiceProcess, import_package
 from routerops.serving import KEYS_DB_ENV
 
 __all__ = ["Inputs", "Outputs", "main", "run", "write"]
@@ -69,9 +69,7 @@ def _summary(record: PackageRecord, replies: tuple[Mapping[str, Any], ...]) -> s
 def run(params: Params, inputs: Inputs) -> Outputs:
     from openai import OpenAI
 
-    record = PackageRecord.model_validate_json((inputs.package_dir / RECORD_FILE).read_text())
-    import_archives(record.model_tag, inputs.package_dir / MODEL_ARCHIVE, record.bento_tag,
-                    inputs.package_dir / BENTO_ARCHIVE, inputs.bentoml_home)
+    record, _ = import_package(inputs.package_dir, inputs.bentoml_home)
     matrix = QualityMatrix.load(inputs.matrix_dir)
     nq = sorted((q for q in matrix.questions.values() if q.data_source == "nq"), key=lambda q: q.id)
     questions = random.Random(params.demo.seed).sample(nq, params.demo.service_questions)
