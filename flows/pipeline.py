@@ -3,7 +3,8 @@
 validate the pool -> start the loopback S3 store and point DVC at it -> seed the raw snapshot
 (checked against data.dvc) -> `dvc repro` (build and validate the dataset, train the router,
 evaluate it against baselines, package it as a BentoML model and Bento; DVC decides what re-runs)
--> gate on validation -> publish each stage's summary -> `dvc push` -> answer sample questions with
+-> gate on validation -> publish each stage's summary -> `dvc push` -> register the packaged version
+(a candidate in the git-tag registry) and publish its lineage -> answer sample questions with
 the scripted router -> serve the packaged Bento and ask it questions over HTTP -> publish the
 evaluation's summary (its table, the verdict against random and the oracle) last -> say what is
 left running. Orchestration only: every number and sentence comes from a file a stage wrote.
@@ -23,6 +24,7 @@ from flows.tasks import (
     layout,
     publish_file,
     read_metrics,
+    register_version,
     run_stage,
     running_services,
     seed_data,
@@ -53,6 +55,9 @@ def pipeline(repo: Path | None = None, seed: bool = True, push: bool = True, sam
     publish_file(paths.package_summary, "package", "The router's BentoML model and Bento")
     if push:
         dvc_push(repo)
+    # The version's lineage: registered as a candidate (git tags), its tree and page published.
+    register_version(repo, paths.lineage_dir)
+    publish_file(paths.lineage_dir / "lineage.md", "lineage", "The router version's lineage (routerops lineage)")
     summary: dict[str, Any] = {"data_card": read_metrics(paths.data_card),
                                "validation": read_metrics(paths.validation_metrics),
                                "train": read_metrics(paths.train_metrics),

@@ -26,8 +26,8 @@ from routerops.paths import default_params_file, default_pool_file, runs_dir
 from routerops.progress import PROGRESS_ENV
 
 __all__ = ["CommandFailed", "GateFailed", "Layout", "dvc_push", "dvc_repro", "gate", "layout", "publish_file",
-           "read_metrics", "run_command", "run_stage", "running_services", "seed_data", "start_local_s3",
-           "validate_pool"]
+           "read_metrics", "register_version", "run_command", "run_stage", "running_services", "seed_data",
+           "start_local_s3", "validate_pool"]
 
 
 class CommandFailed(RuntimeError):
@@ -106,6 +106,7 @@ class Layout:
     evaluation_metrics: Path
     samples_dir: Path
     service_dir: Path
+    lineage_dir: Path
 
 
 @task(name="layout", timeout_seconds=30)
@@ -124,6 +125,7 @@ def layout(repo: Path) -> Layout:
         evaluation_metrics=repo / params.evaluate_router.metrics,
         samples_dir=runs_dir(repo) / "route_samples",
         service_dir=runs_dir(repo) / "ask_service",
+        lineage_dir=runs_dir(repo) / "lineage",
     )
 
 
@@ -158,6 +160,16 @@ def dvc_push(repo: Path) -> str:
     connection 5 times per file (minutes against a dead endpoint); here a dead store fails the
     push in seconds and Prefect retries the whole push, which uploads only what is missing."""
     return run_command(python_module("dvc", "push"), cwd=repo, extra_env={"AWS_MAX_ATTEMPTS": "1"})
+
+
+@task(name="register-version", timeout_seconds=300)
+def register_version(repo: Path, out_dir: Path) -> str:
+    """Register the packaged version as a candidate (idempotent), then write its lineage tree
+    (markdown) and page (HTML) into `out_dir`."""
+    out = run_command(python_module("routerops.cli", "lineage", "register"), cwd=repo)
+    out += run_command(python_module("routerops.cli", "lineage", "show", "--markdown", str(out_dir / "lineage.md"),
+                                     "--html", str(out_dir / "lineage.html")), cwd=repo)
+    return out
 
 
 @task(name="read-metrics", timeout_seconds=30)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from routerops.candidates.types import QuestionInfo
 from routerops.config import Params, ParamsError, load_params
 from routerops.keys import KeyRecord
+from routerops.lineage_cli import lineage_app
 from routerops.paths import default_params_file, default_pool_file, project_root
 from routerops.pool import Pool, PoolError, load_pool
 from routerops.rewards import (
@@ -37,6 +38,7 @@ data_app = typer.Typer(no_args_is_help=True, help="The raw data snapshot (data/,
 app.add_typer(data_app, name="data")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys of the router service (hashed, with USD budgets).")
 app.add_typer(keys_app, name="keys")
+app.add_typer(lineage_app, name="lineage")
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:

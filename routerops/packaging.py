@@ -13,9 +13,10 @@ knows nothing of BentoML):
                               what the replay pool knows of a question a client asks
     routerops-package.json    the `PackageRecord`
 
-Its version is a content hash of the files and of the service code that runs them, so the same
-inputs always make the same version and any changed input (a price, a weight, a line of code)
-makes a new one.
+Its version is the content hash of its lineage record (`routerops.lineage.version_id`: these files,
+the service code that runs them, and the data, evaluation and environment that made them), so the
+same inputs always make the same version and any changed input (a price, a weight, a line of
+code) makes a new one.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from routerops.pool import Pool, load_pool
 
 __all__ = ["BENTO_ARCHIVE", "MATRIX_FILES", "MODEL_ARCHIVE", "PACKAGE_RECORD", "RECORD_FILE", "LoadedPackage",
            "PackageError", "PackageRecord", "bentoml_home", "file_hashes", "load_package", "package_files",
-           "package_version", "runtime_env_names"]
+           "runtime_env_names"]
 
 PACKAGE_RECORD = "routerops-package.json"
 # What `package_router` writes to its output directory: the record and the two BentoML archives.
@@ -95,12 +96,6 @@ def bentoml_home(params: Params, root: Path) -> Path:
 
 def file_hashes(files: Mapping[str, bytes]) -> dict[str, str]:
     return {rel: hashlib.sha256(data).hexdigest() for rel, data in sorted(files.items())}
-
-
-def package_version(files: Mapping[str, str], code: Mapping[str, str]) -> str:
-    """16 hex digits over every file's name and hash, package and code alike."""
-    blob = json.dumps({"files": dict(sorted(files.items())), "code": dict(sorted(code.items()))}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def package_files(*, params_file: Path, params: Params, pool_file: Path, router_dir: Path, template: Path | None,
