@@ -61,6 +61,11 @@ class Audited:
 def audited(packaged, tmp_path_factory, shared_data) -> Iterator[Audited]:
     project = tmp_path_factory.mktemp("audit") / "project"
     shutil.copytree(packaged.project, project, symlinks=True)
+    # A registry of its own: the clone came with whatever registry tags the developer's checkout has.
+    tags = subprocess.run(["git", "tag", "--list", f"{ARTIFACT}*"], cwd=project, capture_output=True, text=True,
+                          check=True).stdout.split()
+    if tags:
+        subprocess.run(["git", "tag", "-d", *tags], cwd=project, capture_output=True, check=True)
     store = LocalS3(data_dir=tmp_path_factory.mktemp("audit-s3"), ports=Ports.free())
     store.start(timeout_s=90)
     try:
