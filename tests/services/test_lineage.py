@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -232,7 +233,10 @@ def test_a_version_under_new_prices_diffs_by_its_prices_and_metrics_and_replaces
     champion = audited.registry().champion()
     assert champion is not None
     pool = audited.project / "pool.yaml"
-    pool.write_text(pool.read_text().replace("output_usd_per_mtok: 1.20", "output_usd_per_mtok: 2.40"))
+    # Every output price tripled: whichever models the tiny router calls, its dollars change.
+    old_prices = {m: p["output"] for m, p in champion.record.prices.usd_per_mtok.items()}
+    pool.write_text(re.sub(r"output_usd_per_mtok: ([0-9.]+)", lambda m: f"output_usd_per_mtok: {float(m[1]) * 3:.2f}",
+                           pool.read_text()))
     audited.dvc("repro", "package_router")
     audited.dvc("push")
     registered = audited.cli("register")
@@ -240,15 +244,20 @@ def test_a_version_under_new_prices_diffs_by_its_prices_and_metrics_and_replaces
     new = audited.registry().resolve("v0.2.0")
     assert new.record.parent == champion.router_version  # trained to replace the champion
     diff = json.loads(audited.cli("diff", "v0.1.0", "v0.2.0", "--json").stdout)
-    assert [(c["key"], c["old"], c["new"]) for c in diff["prices"]] == [
-        ("Mixtral-8x22B-Instruct.output_usd_per_mtok", 1.2, 2.4)]
+    assert [(c["key"], c["old"], c["new"]) for c in diff["prices"]] == sorted(
+        (f"{m}.output_usd_per_mtok", p, pytest.approx(p * 3)) for m, p in old_prices.items())
     assert diff["params"] == diff["data"] == diff["code"] == diff["environment"] == []
     assert diff["commits"] == diff["files_touched"] == []
-    assert "usd_per_question" in {c["key"] for c in diff["metrics"]}
+    # the metrics that differ, each with its old and new value, and no other
+    old_m, new_m = champion.record.evaluation.metrics, new.record.evaluation.metrics
+    assert {c["key"]: (c["old"], c["new"]) for c in diff["metrics"]} == {
+        k: (old_m[k], new_m[k]) for k in old_m if old_m[k] != new_m[k]}
+    if (new_m["calls_per_question"] or 0) > 0:
+        assert new_m["usd_per_question"] != old_m["usd_per_question"]
     # what the retrain made is listed (the weights and the evaluation), nothing about its inputs
     assert {c["key"] for c in diff["artifacts"]} <= {"router", "checkpoint", "evaluation"}
     text = audited.cli("diff", "v0.1.0", "v0.2.0").stdout
-    assert "  Mixtral-8x22B-Instruct.output_usd_per_mtok: 1.2 -> 2.4\n" in text and "params: unchanged" in text
+    assert "  Mixtral-8x22B-Instruct.output_usd_per_mtok: 1.2 -> 3.6\n" in text and "params: unchanged" in text
     assert audited.cli("verify", "v0.2.0").returncode == 0
     promoted = audited.cli("promote", "v0.2.0")
     assert promoted.stdout.strip().endswith("v0.1.0 (router " + champion.router_version + ") archived")
