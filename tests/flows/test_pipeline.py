@@ -43,6 +43,11 @@ def objects(store: LocalS3, prefix: str) -> list[str]:
 
 def make_clone(repo_root: Path, dest: Path, store: LocalS3, prefix: str) -> Path:
     subprocess.run(["git", "clone", "-q", str(repo_root), str(dest)], check=True, timeout=120)
+    # A registry of its own: a clone brings the developer's registry tags along.
+    tags = subprocess.run(["git", "tag", "--list", "routerops-router*"], cwd=dest, capture_output=True, text=True,
+                          check=True).stdout.split()
+    if tags:
+        subprocess.run(["git", "tag", "-d", *tags], cwd=dest, capture_output=True, check=True)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["train_router"]["local"].update(TINY)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -87,6 +92,10 @@ def test_pipeline_runs_end_to_end_and_pushes(prefect_server, repo_root, store, c
     replies = [json.loads(line) for line in (repo / "runs" / "ask_service" / "replies.jsonl").read_text().splitlines()]
     assert len(replies) == params["demo"]["service_questions"]
     assert {r["routerops"]["router_version"] for r in replies} == {record["version"]}
+    # the version was registered as a candidate, and its lineage published as a tree and a page
+    lineage = (repo / "runs" / "lineage" / "lineage.md").read_text()
+    assert lineage.startswith(f"# Router {record['version']}: lineage") and "v0.1.0, stage candidate" in lineage
+    assert (repo / "runs" / "lineage" / "lineage.html").read_text().startswith("<!doctype html>")
     # every output the lock file and data.dvc name is in the bucket, and nothing else came from elsewhere
     in_sync = dvc(repo, "status", "--cloud", "--json")
     assert (in_sync.returncode, json.loads(in_sync.stdout)) == (0, {}), in_sync.stderr
