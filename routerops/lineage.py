@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 __all__ = ["LINEAGE_FILE", "SCHEMA_VERSION", "ArtifactRef", "Check", "CodeInfo", "ConfigInfo", "DataInfo",
@@ -122,6 +123,9 @@ class LineageRecord(_Frozen):
     version: str
     created_at: datetime
     parent: str | None  # the champion it was trained to replace
+    # The DVC remote the artifacts were pushed to (`s3://bucket/prefix`); each artifact's object is
+    # `object_url(md5)` there. Where, not what: outside the version id.
+    remote: str | None
     code: CodeInfo
     data: DataInfo
     prices: PricesInfo
@@ -129,6 +133,10 @@ class LineageRecord(_Frozen):
     model: ModelInfo
     evaluation: EvaluationInfo
     environment: EnvironmentInfo
+
+    def object_url(self, md5: str) -> str | None:
+        """The S3 object DVC stores `md5` at under the recorded remote (DVC 3's layout)."""
+        return None if self.remote is None else f"{self.remote.rstrip('/')}/files/md5/{md5[:2]}/{md5[2:]}"
 
     def artifacts(self) -> dict[str, ArtifactRef]:
         """Every DVC artifact the record names, by role, in pipeline order."""
@@ -141,15 +149,15 @@ class LineageRecord(_Frozen):
 
 
 # What the version id leaves out: when and where it was made, not what it is made of.
-_NOT_CONTENT: dict[str, Any] = {"version": True, "created_at": True, "parent": True,
+_NOT_CONTENT: dict[str, Any] = {"version": True, "created_at": True, "parent": True, "remote": True,
                                 "code": {"commit": True, "dirty": True, "dirty_files": True, "dirty_sha256": True},
                                 "model": {"model_tag": True, "bento_tag": True}}  # the tags are named after the version
 
 
 def version_id(record: LineageRecord) -> str:
     """16 hex digits over the record's content: weights, package files, code, data, prices, config,
-    evaluation and environment. Not the time, the parent, the commit (code counts by content) or
-    the BentoML tags (named after the version)."""
+    evaluation and environment. Not the time, the parent, the remote, the commit (code counts by
+    content) or the BentoML tags (named after the version)."""
     blob = json.dumps(record.model_dump(mode="json", exclude=_NOT_CONTENT), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -342,12 +350,15 @@ def _art(a: ArtifactRef) -> str:
 
 
 def render_tree(record: LineageRecord, *, registry: Mapping[str, str] | None = None,
-                object_url: Callable[[str], str] | None = None) -> str:
+                object_url: Callable[[str], str | None] | None = None) -> str:
     """The chain Bento -> model -> checkpoint -> dataset -> raw data, then prices, code, config and
-    metrics. `registry` adds the registry's view (version, stage, commit); `object_url` the S3
-    object of each artifact."""
+    metrics. `registry` adds the registry's view (version, stage, commit); each artifact's S3 object
+    is `object_url(md5)`, by default under the recorded remote."""
+    url = object_url or record.object_url
+
     def where(a: ArtifactRef) -> str:
-        return f"\n{pad}    at {object_url(a.md5)}" if object_url else ""
+        at = url(a.md5)
+        return f"\n{pad}    at {at}" if at else ""
 
     r, m = record, record.model
     lines = [f"router {r.version}  created {r.created_at.isoformat(timespec='seconds')}"
@@ -491,8 +502,6 @@ def _fetch_artifact(store: ObjectSource, role: str, a: ArtifactRef, scratch: Pat
 
 
 def _lock_checks(record: LineageRecord, lock_commit: str, package: ArtifactRef, git: GitView) -> Iterator[Check]:
-    import yaml
-
     raw_lock = git.show(lock_commit, "dvc.lock")
     if raw_lock is None:
         yield Check("dvc.lock", False, f"no dvc.lock at commit {lock_commit}")
@@ -567,8 +576,6 @@ def model_dir_checks(record: LineageRecord, contents: Mapping[str, bytes], route
                      what: str) -> Iterator[Check]:
     """A BentoML model's files (`model.yaml` and the package files): its metadata holds this record,
     its package files match the record's hashes, and its router files are the router artifact."""
-    import yaml
-
     meta = yaml.safe_load(contents.get("model.yaml", b"") or b"") or {}
     stored = (meta.get("metadata") or {}).get("routerops_lineage")
     if not isinstance(stored, str):
@@ -643,8 +650,8 @@ def verify_record(record: LineageRecord, *, package: ArtifactRef, lock_commit: s
 # ---------------------------------------------------------------------------------------------
 
 
-def render_html(record: LineageRecord, *, registry: Mapping[str, str] | None = None, pareto_png: bytes | None = None,
-                object_url: Callable[[str], str] | None = None) -> str:
+def render_html(record: LineageRecord, *, registry: Mapping[str, str] | None = None,
+                pareto_png: bytes | None = None) -> str:
     """A self-contained page (no external asset): the chain, prices, config, metrics and, when
     given, the Pareto plot of this version's evaluation embedded as a data URI."""
     import base64
@@ -661,7 +668,7 @@ def render_html(record: LineageRecord, *, registry: Mapping[str, str] | None = N
     r, m = record, record.model
     chain = [("Bento", m.bento_tag, "", ""), ("BentoML model", m.model_tag, f"{len(m.package_files)} files", "")]
     for role, a in r.artifacts().items():
-        chain.append((role, a.path, a.md5, object_url(a.md5) if object_url else ""))
+        chain.append((role, a.path, a.md5, record.object_url(a.md5) or ""))
     prices = [(name, f"{s['input']:.3f}", f"{s['output']:.3f}") for name, s in r.prices.usd_per_mtok.items()]
     metrics = [(k, _fmt(v)) for k, v in r.evaluation.metrics.items()]
     params = [(stage, k, json.dumps(v)) for stage, values in r.config.stages.items()

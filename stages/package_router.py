@@ -50,6 +50,7 @@ from routerops.lineage import (
     LineageRecord,
     ModelInfo,
     PricesInfo,
+    RemoteUnavailable,
     lock_artifact,
     lock_stage_params,
     parse_record,
@@ -70,6 +71,7 @@ from routerops.packaging import (
 from routerops.paths import default_params_file, default_pool_file, project_root
 from routerops.pool import Pool, load_pool
 from routerops.registry import GitRepo, Registry, RegistryError
+from routerops.remote import read_remote_config
 from routerops.rl_dataset import read_questions
 
 __all__ = ["ALLOW_DIRTY_ENV", "BUNDLED_CODE", "CODE_PATHS", "Inputs", "Outputs", "main", "run", "write"]
@@ -161,6 +163,13 @@ def _parent(root: Path, artifact: str) -> str | None:
     return None if champion is None else champion.router_version
 
 
+def _remote_url(root: Path) -> str | None:
+    try:
+        return read_remote_config(root).url
+    except RemoteUnavailable:
+        return None  # no DVC remote configured: the record names hashes only
+
+
 def _headline(metrics_file: Path) -> dict[str, float | bool | None]:
     m = json.loads(metrics_file.read_text())
     router = m["average"]["router"]
@@ -189,7 +198,7 @@ def _lineage(params: Params, inputs: Inputs, files: Mapping[str, str], code: dic
     stages = {s: v for s, v in lock_stage_params(lock).items() if s != STAGE and v}
     record = LineageRecord(
         schema_version=1, version="", created_at=datetime.now(UTC).replace(microsecond=0),
-        parent=_parent(root, params.package_router.model_name),
+        parent=_parent(root, params.package_router.model_name), remote=_remote_url(root),
         code=_code_info(root, code, inputs.allow_dirty),
         data=DataInfo(raw=ArtifactRef(path=raw_out["path"], stage=None, md5=raw_out["md5"], size=raw_out.get("size"),
                                       nfiles=raw_out.get("nfiles")),

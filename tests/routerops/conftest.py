@@ -38,6 +38,7 @@ def make_record() -> Callable[..., LineageRecord]:
              params: dict[str, Any] | None = None) -> LineageRecord:
         record = LineageRecord(
             schema_version=1, version="", created_at=datetime(2026, 12, 1, tzinfo=UTC), parent=None,
+            remote="s3://bucket/dvc",
             code=CodeInfo(commit=commit, dirty=False, files={"services/router_service.py": "1" * 64}),
             data=DataInfo(raw=_art("data", None, "1"), dataset=_art("artifacts/dataset", "build_dataset", "2"),
                           validation=_art("artifacts/validation", "validate_dataset", "3"), validation_success=True),

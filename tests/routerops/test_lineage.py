@@ -37,7 +37,7 @@ def test_our_directory_hash_is_dvcs() -> None:
 def test_the_version_is_the_content_not_the_time_the_parent_or_the_commit(make_record) -> None:
     r = make_record()
     assert r.version == version_id(r) and re.fullmatch(r"[0-9a-f]{16}", r.version)
-    moved = r.model_copy(update={"created_at": datetime(2030, 1, 1, tzinfo=UTC), "parent": "f" * 16,
+    moved = r.model_copy(update={"created_at": datetime(2030, 1, 1, tzinfo=UTC), "parent": "f" * 16, "remote": None,
                                  "code": r.code.model_copy(update={"commit": "1" * 40})})
     assert version_id(moved) == r.version
     changed = {make_record(output_price=2.4).version, make_record(em=0.3).version, make_record(weights="b").version,
@@ -94,18 +94,18 @@ def test_malformed_records_are_refused_with_the_field_named(make_record, mutate,
 
 def test_the_tree_and_the_page_show_the_whole_chain(make_record) -> None:
     r = make_record()
-    tree = render_tree(r, registry={"registry version": "v0.1.0", "stage": "champion"},
-                       object_url=lambda md5: f"s3://bucket/files/md5/{md5[:2]}/{md5[2:]}")
+    tree = render_tree(r, registry={"registry version": "v0.1.0", "stage": "champion"})
     lines = tree.splitlines()
     order = [next(i for i, ln in enumerate(lines) if what in ln) for what in
              ("Bento routerops-router-service:", "BentoML model routerops-router:", "router weights artifacts/router",
               "evaluation artifacts/evaluation", "dataset artifacts/dataset", "raw data data")]
     assert order == sorted(order)
     assert "registry: registry version v0.1.0, stage champion" in tree
-    assert f"at s3://bucket/files/md5/77/{'7' * 30}.dir" in tree
+    assert f"at s3://bucket/dvc/files/md5/77/{'7' * 30}.dir" in tree  # under the recorded remote
     assert "Mixtral-8x22B-Instruct     in   1.200  out   1.200  USD/1M tokens" in tree
     assert "registry: not registered" in render_tree(r)
     page = render_html(r, registry={"stage": "champion"}, pareto_png=b"\x89PNG fake")
     assert page.startswith("<!doctype html>") and f"Router {r.version}" in page
     assert 'src="data:image/png;base64,iVBORyBmYWtl"' in page
+    assert f"s3://bucket/dvc/files/md5/22/{'2' * 30}.dir" in page
     assert "http://" not in page and "https://" not in page  # self-contained
