@@ -291,8 +291,13 @@ def write(out: Outputs, params: Params, root: Path, out_dir: Path) -> LineageRec
     try:
         stored = bentoml.models.get(record.model_tag)
         kept = stored.info.metadata.get("routerops_lineage")
-        if isinstance(kept, str):
-            lineage = parse_record(kept, f"BentoML model {record.model_tag}")
+        try:
+            lineage = parse_record(kept if isinstance(kept, str) else "", f"BentoML model {record.model_tag}")
+        except LineageError as exc:
+            home = bentoml_home(params, root)
+            raise PackageError(f"{exc}: the store holds this version without a readable lineage record (an older "
+                               f"RouterOps made it); remove it with `BENTOML_HOME={home} bentoml models delete -y "
+                               f"{record.model_tag}` (and its Bento) and package again") from None
     except NotFound:
         with bentoml.models.create(record.model_tag, labels=record.labels, metadata={
                 "routerops_package": record.model_dump(mode="json"),
@@ -325,7 +330,11 @@ def main() -> None:
     except (PackageError, LineageError, FileNotFoundError) as exc:
         sys.stderr.write(f"package_router: {exc}\n")
         raise SystemExit(1) from None
-    write(out, params, root, root / params.package_router.out_dir)
+    try:
+        write(out, params, root, root / params.package_router.out_dir)
+    except PackageError as exc:
+        sys.stderr.write(f"package_router: {exc}\n")
+        raise SystemExit(1) from None
     sys.stdout.write(out.summary)
 
 
