@@ -24,16 +24,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["LINEAGE_FILE", "SCHEMA_VERSION", "ArtifactRef", "Check", "CodeInfo", "ConfigInfo", "DataInfo",
+__all__ = ["LINEAGE_FILE", "SCHEMA_VERSION", "ArtifactRef", "Check", "CodeInfo", "ConfigInfo", "DataInfo", "Digest",
            "EnvironmentInfo", "EvaluationInfo", "GitView", "LineageDiff", "LineageError", "LineageRecord",
-           "ModelInfo", "ObjectMissing", "ObjectSource", "PricesInfo", "RemoteUnavailable", "diff_records",
-           "dvc_dir_md5", "flatten", "lock_artifact", "lock_stage_params", "md5_hex", "parse_record",
-           "render_diff", "render_html", "render_tree", "verify_record", "version_id"]
+           "ModelFiles", "ModelInfo", "ObjectMissing", "ObjectSource", "PricesInfo", "RemoteUnavailable",
+           "diff_records", "digest_stream", "dvc_dir_md5", "flatten", "lock_artifact", "lock_stage_params", "md5_hex",
+           "model_checks", "parse_record", "render_diff", "render_html", "render_tree", "verify_record", "version_id"]
 
 SCHEMA_VERSION = 1
 LINEAGE_FILE = "lineage.json"
@@ -408,7 +408,12 @@ class ObjectSource(Protocol):
     """A DVC remote's content-addressed objects."""
 
     def get(self, md5: str) -> bytes:
-        """The object's bytes; `ObjectMissing` when absent, `RemoteUnavailable` when unreachable."""
+        """A small object's bytes (a directory listing); `ObjectMissing` when absent,
+        `RemoteUnavailable` when the remote cannot be reached."""
+        ...
+
+    def download(self, md5: str, target: Path) -> None:
+        """Stream the object into `target` (files may be gigabytes: a GPU checkpoint); same errors."""
         ...
 
     def url(self, md5: str) -> str: ...
@@ -436,11 +441,28 @@ class Check:
         return f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
 
 
+@dataclass(frozen=True)
+class Digest:
+    md5: str
+    sha256: str
+    size: int
+
+
+def digest_stream(stream: IO[bytes]) -> Digest:
+    """md5 (DVC's) and sha256 (ours) of a stream, read in 1 MiB chunks."""
+    md5, sha, size = hashlib.md5(usedforsecurity=False), hashlib.sha256(), 0
+    for chunk in iter(lambda: stream.read(1 << 20), b""):
+        md5.update(chunk)
+        sha.update(chunk)
+        size += len(chunk)
+    return Digest(md5.hexdigest(), sha.hexdigest(), size)
+
+
 @dataclass
 class Fetched:
-    """What verification fetched from the remote: files by artifact role, and the byte count."""
+    """What verification fetched: per artifact role, each file's scratch path and digest."""
 
-    files: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    files: dict[str, dict[str, tuple[Path, Digest]]] = field(default_factory=dict)
     bytes: int = 0
     objects: int = 0
 
@@ -448,27 +470,29 @@ class Fetched:
 def _fetch_artifact(store: ObjectSource, role: str, a: ArtifactRef, scratch: Path,
                     fetched: Fetched) -> Iterator[Check]:
     """Fetch one artifact's objects into `scratch` and recompute every hash."""
-    def get(md5: str) -> bytes:
-        data = store.get(md5)
-        fetched.bytes += len(data)
-        fetched.objects += 1
+    def download(md5: str) -> tuple[Path, Digest]:
         target = scratch / md5[:2] / md5[2:]
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-        return data
+        store.download(md5, target)
+        with target.open("rb") as f:
+            d = digest_stream(f)
+        fetched.bytes += d.size
+        fetched.objects += 1
+        return target, d
 
     name = f"{role} ({a.path})"
     try:
         if not a.md5.endswith(".dir"):
-            data = get(a.md5)
-            got = md5_hex(data)
-            if got != a.md5:
-                yield Check(name, False, f"object {store.url(a.md5)} has md5 {got}, record says {a.md5}")
+            path, d = download(a.md5)
+            if d.md5 != a.md5:
+                yield Check(name, False, f"object {store.url(a.md5)} has md5 {d.md5}, record says {a.md5}")
                 return
-            fetched.files[role] = {Path(a.path).name: data}
-            yield Check(name, True, f"1 file, {len(data):,} bytes, md5 {a.md5}")
+            fetched.files[role] = {Path(a.path).name: (path, d)}
+            yield Check(name, True, f"1 file, {d.size:,} bytes, md5 {a.md5}")
             return
-        listing = get(a.md5)
+        listing = store.get(a.md5)
+        fetched.bytes += len(listing)
+        fetched.objects += 1
         if md5_hex(listing) != a.md5.removesuffix(".dir"):
             yield Check(name, False, f"directory listing {store.url(a.md5)} has md5 {md5_hex(listing)}, record says "
                                      f"{a.md5}")
@@ -478,25 +502,24 @@ def _fetch_artifact(store: ObjectSource, role: str, a: ArtifactRef, scratch: Pat
         except (ValueError, KeyError, TypeError):
             yield Check(name, False, f"directory listing {store.url(a.md5)} is not DVC's JSON listing")
             return
-        files: dict[str, bytes] = {}
+        files: dict[str, tuple[Path, Digest]] = {}
         bad: list[str] = []
         for rel, md5 in sorted(entries.items()):
             try:
-                data = get(md5)
+                files[rel] = download(md5)
             except ObjectMissing as exc:
                 bad.append(f"{rel} missing at {exc}")
                 continue
-            if md5_hex(data) != md5:
-                bad.append(f"{rel} at {store.url(md5)} has md5 {md5_hex(data)}, listing says {md5}")
-            files[rel] = data
+            if files[rel][1].md5 != md5:
+                bad.append(f"{rel} at {store.url(md5)} has md5 {files[rel][1].md5}, listing says {md5}")
         if bad:
             yield Check(name, False, "; ".join(bad))
             return
-        if dvc_dir_md5({rel: md5_hex(d) for rel, d in files.items()}) != a.md5:
+        if dvc_dir_md5({rel: d.md5 for rel, (_, d) in files.items()}) != a.md5:
             yield Check(name, False, "recomputed directory hash differs from the record")
             return
         fetched.files[role] = files
-        yield Check(name, True, f"{len(files)} files, {sum(len(d) for d in files.values()):,} bytes, md5 {a.md5}")
+        yield Check(name, True, f"{len(files)} files, {sum(d.size for _, d in files.values()):,} bytes, md5 {a.md5}")
     except ObjectMissing as exc:
         yield Check(name, False, f"missing from the remote: {exc}")
 
@@ -554,29 +577,46 @@ def _code_checks(record: LineageRecord, git: GitView) -> Iterator[Check]:
         yield Check("code commit", True, f"{c.commit[:12]} exists; {len(c.files)} service code files match it")
 
 
-def _model_archive_checks(record: LineageRecord, package: dict[str, bytes], router: dict[str, bytes] | None,
-                          model_archive: str) -> Iterator[Check]:
-    """The exported BentoML model (a tar of the model's directory): its metadata carries this record
-    and its router files equal the router artifact, file by file."""
-    blob = package.get(model_archive)
-    if blob is None:
-        yield Check("BentoML model archive", False, f"{model_archive} is not in the package")
-        return
-    try:
-        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-            members = {m.name.removeprefix("./"): tar.extractfile(m) for m in tar.getmembers() if m.isfile()}
-            contents = {name: f.read() for name, f in members.items() if f is not None}
-    except tarfile.TarError as exc:
-        yield Check("BentoML model archive", False, f"{model_archive}: not a readable archive ({exc})")
-        return
-    yield from model_dir_checks(record, contents, router, f"model archive {model_archive}")
+@dataclass(frozen=True)
+class ModelFiles:
+    """A BentoML model's directory as verification sees it: its `model.yaml` and each file's digest."""
+
+    model_yaml: bytes
+    files: dict[str, Digest]
+
+    @classmethod
+    def of_dir(cls, folder: Path) -> ModelFiles:
+        files = {}
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                with p.open("rb") as f:
+                    files[p.relative_to(folder).as_posix()] = digest_stream(f)
+        yaml_file = folder / "model.yaml"
+        return cls(yaml_file.read_bytes() if yaml_file.is_file() else b"", files)
+
+    @classmethod
+    def of_archive(cls, archive: Path) -> ModelFiles:
+        """An exported model (`bentoml models export`: a tar, xz-compressed, of the model's directory)."""
+        files, model_yaml = {}, b""
+        with tarfile.open(archive) as tar:
+            for m in tar:
+                f = tar.extractfile(m) if m.isfile() else None
+                if f is None:
+                    continue
+                name = m.name.removeprefix("./")
+                if name == "model.yaml":
+                    model_yaml = f.read()
+                    files[name] = digest_stream(io.BytesIO(model_yaml))
+                else:
+                    files[name] = digest_stream(f)
+        return cls(model_yaml, files)
 
 
-def model_dir_checks(record: LineageRecord, contents: Mapping[str, bytes], router: Mapping[str, bytes] | None,
-                     what: str) -> Iterator[Check]:
-    """A BentoML model's files (`model.yaml` and the package files): its metadata holds this record,
-    its package files match the record's hashes, and its router files are the router artifact."""
-    meta = yaml.safe_load(contents.get("model.yaml", b"") or b"") or {}
+def model_checks(record: LineageRecord, model: ModelFiles, router: Mapping[str, tuple[Path, Digest]] | None,
+                 what: str) -> Iterator[Check]:
+    """A BentoML model: its metadata holds this record, its package files have the recorded
+    hashes, and its `router/` files are the router artifact's, file for file."""
+    meta = yaml.safe_load(model.model_yaml or b"") or {}
     stored = (meta.get("metadata") or {}).get("routerops_lineage")
     if not isinstance(stored, str):
         yield Check(f"{what} metadata", False, "model.yaml has no routerops_lineage metadata")
@@ -587,29 +627,30 @@ def model_dir_checks(record: LineageRecord, contents: Mapping[str, bytes], route
             same = False
         yield Check(f"{what} metadata", same, "equals the registry's record" if same
                     else "differs from the registry's record")
+    missing = Digest("", "", 0)
     bad = [rel for rel, digest in sorted(record.model.package_files.items())
-           if hashlib.sha256(contents.get(rel, b"")).hexdigest() != digest]
+           if model.files.get(rel, missing).sha256 != digest]
     yield Check(f"{what} files", not bad, f"{len(record.model.package_files)} files match their recorded sha256"
                 if not bad else "differ from the record: " + ", ".join(bad))
     if router is None:
         return
     prefix = "router/"
-    model_router = {rel.removeprefix(prefix): d for rel, d in contents.items() if rel.startswith(prefix)}
-    artifact = {rel: d for rel, d in router.items() if rel != "_COMPLETE"}  # the stage's marker stays out
-    differ = sorted(rel for rel in set(model_router) | set(artifact) if model_router.get(rel) != artifact.get(rel))
+    in_model = {rel.removeprefix(prefix): d.md5 for rel, d in model.files.items() if rel.startswith(prefix)}
+    artifact = {rel: d.md5 for rel, (_, d) in router.items() if rel != "_COMPLETE"}  # the stage's marker stays out
+    differ = sorted(rel for rel in set(in_model) | set(artifact) if in_model.get(rel) != artifact.get(rel))
     yield Check(f"{what} weights", not differ, f"{len(artifact)} router files equal the router artifact's"
                 if not differ else "differ from the router artifact: " + ", ".join(differ))
 
 
 def verify_record(record: LineageRecord, *, package: ArtifactRef, lock_commit: str, store: ObjectSource,
                   git: GitView, scratch: Path, model_archive: str, lineage_file: str = LINEAGE_FILE,
-                  local_models: Iterable[tuple[str, Mapping[str, bytes]]] = (),
+                  local_models: Iterable[tuple[str, ModelFiles]] = (),
                   progress: Callable[[Check], None] | None = None) -> tuple[list[Check], Fetched]:
     """Every check of `record` (the registry's copy), in order; it verifies when all pass. Git
     first, then the remote (reachability before any object, so a dead store fails in seconds), then
-    each artifact fetched and re-hashed, then the package's own copies of the record: its
-    lineage.json and the BentoML model's metadata, which must equal the registry's. `local_models`
-    are BentoML models found in local stores (label, files), checked like the archived one."""
+    each artifact fetched into `scratch` and re-hashed, then the package's own copies of the record:
+    its lineage.json and the BentoML model's metadata, which must equal the registry's.
+    `local_models` are BentoML models found in local stores (label, files), checked the same way."""
     checks: list[Check] = []
     fetched = Fetched()
 
@@ -628,19 +669,32 @@ def verify_record(record: LineageRecord, *, package: ArtifactRef, lock_commit: s
     except RemoteUnavailable as exc:
         add(Check("S3 remote", False, str(exc)))
         return checks, fetched
-    for role, a in {**record.artifacts(), "package": package}.items():
-        for c in _fetch_artifact(store, role, a, scratch, fetched):
-            add(c)
+    try:
+        for role, a in {**record.artifacts(), "package": package}.items():
+            for c in _fetch_artifact(store, role, a, scratch, fetched):
+                add(c)
+    except RemoteUnavailable as exc:  # went away midway
+        add(Check("S3 remote", False, str(exc)))
+        return checks, fetched
     pkg = fetched.files.get("package")
     if pkg is not None:
         stored = pkg.get(lineage_file)
-        same = stored is not None and parse_record(stored, lineage_file) == record
+        same = stored is not None and parse_record(stored[0].read_bytes(), lineage_file) == record
         add(Check(f"package {lineage_file}", same, "equals the registry's record" if same
                   else "differs from the registry's record"))
-        for c in _model_archive_checks(record, pkg, fetched.files.get("router"), model_archive):
-            add(c)
+        archive = pkg.get(model_archive)
+        if archive is None:
+            add(Check("BentoML model archive", False, f"{model_archive} is not in the package"))
+        else:
+            try:
+                model = ModelFiles.of_archive(archive[0])
+            except tarfile.TarError as exc:
+                add(Check("BentoML model archive", False, f"{model_archive}: not a readable archive ({exc})"))
+            else:
+                for c in model_checks(record, model, fetched.files.get("router"), f"model archive {model_archive}"):
+                    add(c)
     for label, files in local_models:
-        for c in model_dir_checks(record, files, fetched.files.get("router"), label):
+        for c in model_checks(record, files, fetched.files.get("router"), label):
             add(c)
     return checks, fetched
 

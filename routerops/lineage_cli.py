@@ -25,6 +25,7 @@ from routerops.lineage import (
     Check,
     LineageError,
     LineageRecord,
+    ModelFiles,
     ObjectMissing,
     RemoteUnavailable,
     diff_records,
@@ -232,7 +233,7 @@ def show(
         typer.echo(f"lineage page: {html}", err=as_json)
 
 
-def _local_models(params: Params, record: LineageRecord, home: Path | None) -> list[tuple[str, dict[str, bytes]]]:
+def _local_models(params: Params, record: LineageRecord, home: Path | None) -> list[tuple[str, ModelFiles]]:
     from routerops.packaging import bentoml_home
 
     store = home or bentoml_home(params, project_root())
@@ -240,8 +241,7 @@ def _local_models(params: Params, record: LineageRecord, home: Path | None) -> l
     folder = store / "models" / name / version
     if not folder.is_dir():
         return []
-    files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-    return [(f"BentoML store model {record.model.model_tag} ({folder})", files)]
+    return [(f"BentoML store model {record.model.model_tag} ({folder})", ModelFiles.of_dir(folder))]
 
 
 @lineage_app.command("verify")

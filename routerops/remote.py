@@ -99,6 +99,18 @@ class DvcS3Remote:
         except BotoCoreError as exc:
             raise RemoteUnavailable(f"S3 remote {self.config.name!r} at {self.where} is unreachable: {exc}") from None
 
+    def download(self, md5: str, target: Path) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.download_file(self.bucket, self.key(md5), str(target))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
+                raise ObjectMissing(self.url(md5)) from None
+            raise RemoteUnavailable(f"{self.url(md5)}: {exc}") from None
+        except BotoCoreError as exc:
+            raise RemoteUnavailable(f"S3 remote at {self.where}: {exc}") from None
+
     def get(self, md5: str) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError
 

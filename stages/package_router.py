@@ -219,7 +219,7 @@ def _lineage(params: Params, inputs: Inputs, files: Mapping[str, str], code: dic
                                   metrics=_headline(root / ev.metrics)),
         environment=_environment(root))
     pp = params.package_router
-    # The tags are names of the content, so they join the hash as placeholders and are set after.
+    # The BentoML tags are named after the version (and outside its hash): set once it is known.
     version = version_id(record)
     return record.model_copy(update={"version": version, "model": record.model.model_copy(
         update={"model_tag": f"{pp.model_name}:{version}", "bento_tag": f"{pp.bento_name}:{version}"})})
