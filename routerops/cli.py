@@ -36,6 +36,8 @@ eval_app = typer.Typer(no_args_is_help=True, help="Evaluation results.")
 app.add_typer(eval_app, name="eval")
 data_app = typer.Typer(no_args_is_help=True, help="The raw data snapshot (data/, tracked by data.dvc).")
 app.add_typer(data_app, name="data")
+prices_app = typer.Typer(no_args_is_help=True, help="Candidate prices from published price lists.")
+app.add_typer(prices_app, name="prices")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys of the router service (hashed, with USD budgets).")
 app.add_typer(keys_app, name="keys")
 app.add_typer(lineage_app, name="lineage")
@@ -63,6 +65,53 @@ def pool_validate(file: Annotated[Path | None, typer.Argument(help="pool file (d
         price = c.price
         typer.echo(f"  {c.name:<26} in ${price.input_usd_per_mtok:>6.2f}/M  out ${price.output_usd_per_mtok:>6.2f}/M"
                    f"  {c.provider_model_id}")
+
+
+@prices_app.command("pull")
+def prices_pull(
+    source: Annotated[str, typer.Option(help="a price list: a file, or an http(s) URL")],
+    fmt: Annotated[str, typer.Option("--format", help="litellm | openrouter | pool")],
+    pool_file: Annotated[Path | None, typer.Option("--pool", help="the pool to update (default: pool.yaml)")] = None,
+    label: Annotated[str | None, typer.Option(help="label of the new price list (default: FORMAT-DATE)")] = None,
+    effective_date: Annotated[str | None, typer.Option(help="ISO date the prices take effect (default: today)")]
+    = None,
+    dry_run: Annotated[bool, typer.Option(help="show the changes, write nothing")] = False,
+) -> None:
+    """Read a price list, map each candidate through pool.yaml's price_sources, convert to USD per
+    1M tokens, validate, and write the new pricing block with its provenance (only when a price
+    changed: a rewritten label alone would retrain for nothing)."""
+    from datetime import UTC, date, datetime
+
+    from routerops.io import write_text_atomic
+    from routerops.prices import FORMATS, PriceSourceError, apply_to_pool_text, parse_prices, price_changes, read_source
+
+    path = pool_file or default_pool_file()
+    pool = _load_pool(path)
+    if fmt not in FORMATS:
+        raise _fail(f"--format {fmt!r}: one of {', '.join(FORMATS)}")
+    try:
+        effective = date.fromisoformat(effective_date) if effective_date else datetime.now(UTC).date()
+    except ValueError:
+        raise _fail(f"--effective-date {effective_date!r}: not an ISO date (YYYY-MM-DD)") from None
+    try:
+        pulled = parse_prices(read_source(source), fmt, pool, source)
+        changes = price_changes(pool, pulled)
+        if not changes:
+            typer.echo(f"prices unchanged ({len(pool)} models, {fmt}: {source}); {path} not written")
+            return
+        text = apply_to_pool_text(path.read_text(encoding="utf-8"), pool, pulled,
+                                  label=label or f"{fmt}-{effective.isoformat()}", effective=effective)
+    except PriceSourceError as exc:
+        raise _fail(str(exc), 1) from None
+    for ch in changes:
+        typer.echo(f"  {ch.model:<26} {ch.side:<6} {ch.old:>9.4f} -> {ch.new:>9.4f} USD/1M tokens")
+    if dry_run:
+        typer.echo(f"dry run: {len(changes)} price(s) would change; {path} not written")
+        return
+    write_text_atomic(path, text)
+    new_pool = _load_pool(path)
+    typer.echo(f"wrote {path}: pricing {pool.pricing.id} -> {new_pool.pricing.id} ({new_pool.pricing.label}, "
+               f"{len(changes)} price(s) changed)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,10 @@ class PricingSnapshot(_Frozen):
     label: str = Field(min_length=1)
     effective_date: date
     source: str = Field(min_length=1)
+    # Provenance of a pulled price list (`routerops prices pull`): when it was read, and the
+    # sha256 of the bytes it was read from. Absent for prices written by hand.
+    retrieved_at: datetime | None = None
+    source_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     id: str = Field(description="content hash of the prices; set by the loader")
 
 
@@ -149,6 +153,8 @@ class Pool(_Frozen):
     pricing: PricingSnapshot
     snapshot_id: str
     source_file: str
+    # price source format ("litellm", "openrouter") -> candidate name -> that source's model id
+    price_sources: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Candidate]:  # type: ignore[override]
         return iter(self.candidates)
@@ -199,7 +205,7 @@ def parse_pool(raw: Any, file: str = "<memory>") -> Pool:
     """Validate an already-parsed pool document (as read from YAML)."""
     if not isinstance(raw, Mapping):
         raise PoolError(file, None, None, "top level must be a mapping with 'pricing' and 'candidates'")
-    unknown = set(raw) - {"pricing", "defaults", "candidates"}
+    unknown = set(raw) - {"pricing", "defaults", "candidates", "price_sources"}
     if unknown:
         raise PoolError(file, None, sorted(unknown)[0], "unknown top-level key")
     for key in ("pricing", "candidates"):
@@ -208,7 +214,7 @@ def parse_pool(raw: Any, file: str = "<memory>") -> Pool:
     pricing = raw["pricing"]
     if not isinstance(pricing, Mapping):
         raise PoolError(file, None, "pricing", "must be a mapping")
-    unknown = set(pricing) - {"label", "effective_date", "source", "prices"}
+    unknown = set(pricing) - {"label", "effective_date", "source", "retrieved_at", "source_sha256", "prices"}
     if unknown:
         raise PoolError(file, None, f"pricing.{sorted(unknown)[0]}", "unknown key")
     prices = pricing.get("prices")
@@ -258,6 +264,7 @@ def parse_pool(raw: Any, file: str = "<memory>") -> Pool:
         if priced not in names:
             raise PoolError(file, str(priced), "price", "priced in pricing.prices but not a candidate")
 
+    price_sources = _price_sources(raw.get("price_sources"), names, file)
     prices_id = _hash({c.name: c.price.model_dump() for c in candidates})
     try:
         snapshot = PricingSnapshot.model_validate(
@@ -266,11 +273,31 @@ def parse_pool(raw: Any, file: str = "<memory>") -> Pool:
     except ValidationError as exc:
         err = exc.errors()[0]
         raise PoolError(file, None, "pricing." + _field_path(tuple(err["loc"])), err["msg"]) from None
-    snapshot_id = _hash(
-        {"candidates": [c.model_dump(mode="json") for c in candidates],
-         "pricing": snapshot.model_dump(mode="json")}
-    )
-    return Pool(candidates=tuple(candidates), pricing=snapshot, snapshot_id=snapshot_id, source_file=file)
+    # Provenance joins the hash only when present, so a pool written by hand keeps its id; the
+    # price sources (where to look prices up, not what the router uses) stay out of it.
+    hashed: dict[str, Any] = {"candidates": [c.model_dump(mode="json") for c in candidates],
+                              "pricing": snapshot.model_dump(mode="json", exclude_none=True)}
+    return Pool(candidates=tuple(candidates), pricing=snapshot, snapshot_id=_hash(hashed), source_file=file,
+                price_sources=price_sources)
+
+
+def _price_sources(raw: Any, names: set[str], file: str) -> dict[str, dict[str, str]]:
+    """`price_sources: {FORMAT: {CANDIDATE: SOURCE_MODEL_ID}}`: each candidate's key in a price list."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise PoolError(file, None, "price_sources", "must be a mapping of source format -> {candidate: model id}")
+    out: dict[str, dict[str, str]] = {}
+    for fmt, ids in raw.items():
+        if not isinstance(ids, Mapping):
+            raise PoolError(file, None, f"price_sources.{fmt}", "must be a mapping of candidate -> model id")
+        for name, model_id in ids.items():
+            if name not in names:
+                raise PoolError(file, str(name), f"price_sources.{fmt}", "not a candidate")
+            if not isinstance(model_id, str) or not model_id.strip():
+                raise PoolError(file, str(name), f"price_sources.{fmt}", "model id must be a non-empty string")
+        out[str(fmt)] = {str(k): str(v) for k, v in ids.items()}
+    return out
 
 
 def load_pool(path: str | Path) -> Pool:

@@ -98,6 +98,12 @@ ERROR_CASES = [
     ("bad-effective-date", "pricing/effective_date", "last tuesday", None, "pricing.effective_date", "date"),
     ("empty-candidates", "candidates", [], None, "candidates", "non-empty list"),
     ("missing-pricing", "pricing", _DELETE, None, "pricing", "missing"),
+    ("price-source-for-no-candidate", "price_sources/litellm/GPT-9", "openai/gpt-9", "GPT-9",
+     "price_sources.litellm", "not a candidate"),
+    ("empty-price-source-id", "price_sources/openrouter/Qwen2.5-7B-Instruct", " ", "Qwen2.5-7B-Instruct",
+     "price_sources.openrouter", "non-empty string"),
+    ("price-sources-not-a-mapping", "price_sources", ["litellm"], None, "price_sources", "must be a mapping"),
+    ("bad-source-sha256", "pricing/source_sha256", "abc", None, "pricing.source_sha256", "pattern"),
 ]
 
 
