@@ -114,6 +114,43 @@ def prices_pull(
                f"{len(changes)} price(s) changed)")
 
 
+@prices_app.command("impact")
+def prices_impact(
+    pool: Annotated[Path, typer.Option("--pool", help="the pool file with the new prices")],
+    old_pool: Annotated[Path | None, typer.Option(help="the prices the evaluation ran under (default: pool.yaml)")]
+    = None,
+    trajectories: Annotated[Path | None, typer.Option(help="the champion's evaluation (default: "
+                                                           "trajectories.parquet in evaluate_router.out_dir)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the impact as JSON")] = False,
+    markdown: Annotated[Path | None, typer.Option(help="also write the impact table and decision here")] = None,
+) -> None:
+    """What new prices do to the champion, with zero candidate calls: USD per question per system,
+    the cost-aware objective, the cheapest correct model per question; and the decision (none,
+    reprice or retrain, by params `retrain`). Exits 0 whatever the decision."""
+    import pyarrow.parquet as pq
+
+    from routerops.evaluation import EvalRecord
+    from routerops.price_impact import RetrainRule, assess, render_impact
+
+    params = _project_params()
+    trajectories = trajectories or project_root() / params.evaluate_router.out_dir / "trajectories.parquet"
+    if not trajectories.is_file():
+        raise _fail(f"{trajectories}: no evaluation trajectories; run `dvc repro evaluate_router` first", 1)
+    old, new = _load_pool(old_pool), _load_pool(pool)
+    records = [EvalRecord.from_row(r) for r in pq.read_table(trajectories).to_pylist()]
+    rule = RetrainRule(params.retrain.min_cheapest_correct_changed, params.retrain.max_objective_drop)
+    try:
+        impact = assess(records, old, new, alpha=params.rewards.alpha, rule=rule,
+                        include_prompt=params.rewards.include_prompt_cost)
+    except ValueError as exc:
+        raise _fail(str(exc), 1) from None
+    text = render_impact(impact, old.pricing.label, new.pricing.label)
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(text, encoding="utf-8")
+    typer.echo(json.dumps(impact.as_json(), indent=2) if as_json else text, nl=as_json)
+
+
 # ---------------------------------------------------------------------------------------------
 # score
 # ---------------------------------------------------------------------------------------------

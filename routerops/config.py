@@ -127,6 +127,11 @@ class PackageRouterParams(_Section):
     out_dir: str
 
 
+class RetrainParams(_Section):
+    min_cheapest_correct_changed: float = Field(ge=0.0, le=1.0)
+    max_objective_drop: float = Field(ge=0.0)
+
+
 class ServeParams(_Section):
     host: str
     port: int = Field(ge=0, le=65535)
@@ -309,6 +314,7 @@ class Params(_Section):
     evaluate_router: EvaluateRouterParams
     package_router: PackageRouterParams
     serve: ServeParams
+    retrain: RetrainParams
 
     def router_limits(self) -> RolloutLimits:
         """Limits of the episodes the trained router runs (training, evaluation, serving):

@@ -1,0 +1,160 @@
+"""What a price change does to the champion, measured with zero candidate calls, and what to do.
+
+From the champion's evaluation records (every system's calls with their token counts), under the
+old and the new prices:
+
+- USD per question of every system (macro-averaged over benchmarks, as the evaluation reports);
+- the champion's cost-aware objective: its mean Router-R1 reward (format -1, wrong 0, correct
+  (1 - alpha) + alpha x cost_norm) with the cost normaliser's bounds calibrated on the costs of
+  every system's records under the same prices. Router-R1's normaliser is relative, so prices
+  scaled by one factor leave the objective as it was;
+- the cheapest correct model per question (the oracle's choice, among the questions some single
+  model answers): how many questions it changes on.
+
+The rule (params `retrain`): prices unchanged -> `none`; the cheapest correct model changes on at
+least `min_cheapest_correct_changed` of those questions, or the objective falls by more than
+`max_objective_drop` -> `retrain`; otherwise -> `reprice` (the same weights, packaged again under
+the new prices so billing uses them). A uniform change moves no choice and no objective: it
+reprices, never retrains.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from routerops.evaluation import EvalRecord, aggregate, oracle_choice
+from routerops.pool import Pool
+from routerops.rewards import FrozenBoundsNormalizer, combine
+
+__all__ = ["Decision", "Impact", "RetrainRule", "SystemImpact", "assess", "render_impact"]
+
+Decision = Literal["none", "reprice", "retrain"]
+SINGLE = "single:"
+ROUTER = "router"
+
+
+@dataclass(frozen=True)
+class RetrainRule:
+    min_cheapest_correct_changed: float  # share of answerable questions
+    max_objective_drop: float  # absolute, on the mean reward
+
+
+@dataclass(frozen=True)
+class SystemImpact:
+    system: str
+    em: float
+    usd_before: float
+    usd_after: float
+
+
+@dataclass(frozen=True)
+class Impact:
+    old_pricing: str  # pricing id
+    new_pricing: str
+    price_changes: int  # prices (a model's input or output price) that changed
+    systems: tuple[SystemImpact, ...]
+    objective_before: float
+    objective_after: float
+    answerable: int  # questions some single model answers correctly
+    cheapest_correct_changed: int
+    changed_examples: tuple[tuple[str, str, str], ...]  # (question id, old model, new model), a few
+    decision: Decision
+    reason: str
+
+    @property
+    def changed_share(self) -> float:
+        return self.cheapest_correct_changed / self.answerable if self.answerable else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"old_pricing": self.old_pricing, "new_pricing": self.new_pricing, "price_changes": self.price_changes,
+                "systems": [vars(s) for s in self.systems], "objective_before": self.objective_before,
+                "objective_after": self.objective_after, "answerable": self.answerable,
+                "cheapest_correct_changed": self.cheapest_correct_changed, "changed_share": self.changed_share,
+                "changed_examples": [list(x) for x in self.changed_examples], "decision": self.decision,
+                "reason": self.reason}
+
+
+def _objective(records: Sequence[EvalRecord], reference: Sequence[EvalRecord], pool: Pool, alpha: float,
+               include_prompt: bool) -> float:
+    norm = FrozenBoundsNormalizer.calibrate([r.cost_usd(pool, include_prompt) for r in reference])
+    costs = [r.cost_usd(pool, include_prompt) for r in records]
+    normed, _ = norm.update(costs)
+    rewards = [combine(r.format_valid, r.em, n, alpha) for r, n in zip(records, normed, strict=True)]
+    return sum(rewards) / len(rewards) if rewards else 0.0
+
+
+def _cheapest_correct(records: Iterable[EvalRecord], pool: Pool) -> dict[str, str]:
+    singles: dict[str, dict[str, EvalRecord]] = defaultdict(dict)
+    for r in records:
+        if r.system.startswith(SINGLE):
+            singles[r.question_id][r.system.removeprefix(SINGLE)] = r
+    return {q: oracle_choice(by_model, pool) for q, by_model in sorted(singles.items())
+            if any(r.em > 0 for r in by_model.values())}
+
+
+def _price_changes(old: Pool, new: Pool) -> int:
+    n = 0
+    for c in old:
+        p = new.get(c.name).price
+        n += p.input_usd_per_mtok != c.price.input_usd_per_mtok
+        n += p.output_usd_per_mtok != c.price.output_usd_per_mtok
+    return n
+
+
+def assess(records: Sequence[EvalRecord], old: Pool, new: Pool, *, alpha: float, rule: RetrainRule,
+           include_prompt: bool = False) -> Impact:
+    """The impact of moving from `old` to `new` prices on the evaluation in `records`, and the
+    decision. Every number is recomputed from stored token counts: no candidate is called."""
+    missing = sorted({c.model for r in records for c in r.calls if c.ok} - set(new.names))
+    if missing:
+        raise ValueError(f"{new.source_file}: no price for model(s) {', '.join(missing)} that the evaluation called")
+    before = {m.system: m for m in aggregate(records, old, include_prompt) if m.data_source == "average"}
+    after = {m.system: m for m in aggregate(records, new, include_prompt) if m.data_source == "average"}
+    systems = tuple(SystemImpact(s, before[s].em, before[s].usd_per_question, after[s].usd_per_question)
+                    for s in sorted(before))
+    router = [r for r in records if r.system == ROUTER]
+    obj_before = _objective(router, records, old, alpha, include_prompt)
+    obj_after = _objective(router, records, new, alpha, include_prompt)
+    choice_before, choice_after = _cheapest_correct(records, old), _cheapest_correct(records, new)
+    changed = [(q, m, choice_after[q]) for q, m in choice_before.items() if choice_after[q] != m]
+    n_prices = _price_changes(old, new)
+    share = len(changed) / len(choice_before) if choice_before else 0.0
+    drop = obj_before - obj_after
+    decision: Decision
+    if n_prices == 0:
+        decision, reason = "none", "no price changed"
+    elif share >= rule.min_cheapest_correct_changed:
+        decision, reason = "retrain", (f"the cheapest correct model changed on {share:.1%} of the answerable questions "
+                                       f"(threshold {rule.min_cheapest_correct_changed:.1%})")
+    elif drop > rule.max_objective_drop:
+        decision, reason = "retrain", (f"the champion's cost-aware objective fell by {drop:.4f} (threshold "
+                                       f"{rule.max_objective_drop:.4f})")
+    else:
+        decision, reason = "reprice", (f"{n_prices} price(s) changed, but the cheapest correct model changed on only "
+                                       f"{share:.1%} of the answerable questions and the objective moved by "
+                                       f"{round(-drop, 4) + 0.0:+.4f}: the same weights, repackaged under the new "
+                                       "prices")
+    return Impact(old.pricing.id, new.pricing.id, n_prices, systems, obj_before, obj_after, len(choice_before),
+                  len(changed), tuple(changed[:5]), decision, reason)
+
+
+def render_impact(impact: Impact, old_label: str, new_label: str) -> str:
+    """The impact as markdown: the decision first, then the table."""
+    i = impact
+    lines = [f"# Price change: {old_label} -> {new_label}", "",
+             f"**Decision: {i.decision}**: {i.reason}.", "",
+             f"- prices: {i.old_pricing} -> {i.new_pricing} ({i.price_changes} price(s) changed); computed from "
+             "the champion's evaluation with 0 candidate calls",
+             f"- champion's cost-aware objective: {i.objective_before:.4f} -> {i.objective_after:.4f} "
+             f"({round(i.objective_after - i.objective_before, 4) + 0.0:+.4f})",
+             f"- cheapest correct model changed on {i.cheapest_correct_changed} of {i.answerable} answerable "
+             f"questions ({i.changed_share:.1%})"]
+    lines += [f"  - {q}: {a} -> {b}" for q, a, b in i.changed_examples]
+    lines += ["", "| system | EM | micro-USD/question before | after | change |", "|---|---:|---:|---:|---:|"]
+    for s in i.systems:
+        change = f"{(s.usd_after / s.usd_before - 1) * 100:+.1f}%" if s.usd_before else "n/a"
+        lines.append(f"| {s.system} | {s.em:.3f} | {s.usd_before * 1e6:.2f} | {s.usd_after * 1e6:.2f} | {change} |")
+    return "\n".join(lines) + "\n"
