@@ -25,7 +25,7 @@ from routerops.config import load_params
 from routerops.paths import default_params_file, default_pool_file, runs_dir
 from routerops.progress import PROGRESS_ENV
 
-__all__ = ["CommandFailed", "GateFailed", "Layout", "dvc_push", "dvc_repro", "gate", "layout", "publish_file",
+__all__ = ["CommandFailed", "GateFailed", "Layout", "dvc_push", "dvc_repro", "emit", "gate", "layout", "publish_file",
            "read_metrics", "register_version", "run_command", "run_stage", "running_services", "seed_data",
            "start_local_s3", "validate_pool"]
 
@@ -107,6 +107,7 @@ class Layout:
     samples_dir: Path
     service_dir: Path
     lineage_dir: Path
+    price_watch_dir: Path
 
 
 @task(name="layout", timeout_seconds=30)
@@ -126,6 +127,7 @@ def layout(repo: Path) -> Layout:
         samples_dir=runs_dir(repo) / "route_samples",
         service_dir=runs_dir(repo) / "ask_service",
         lineage_dir=runs_dir(repo) / "lineage",
+        price_watch_dir=runs_dir(repo) / "price_watch",
     )
 
 
@@ -170,6 +172,18 @@ def register_version(repo: Path, out_dir: Path) -> str:
     out += run_command(python_module("routerops.cli", "lineage", "show", "--markdown", str(out_dir / "lineage.md"),
                                      "--html", str(out_dir / "lineage.html")), cwd=repo)
     return out
+
+
+@task(name="emit-event", timeout_seconds=30, task_run_name="emit-{spec[event]}")
+def emit(spec: dict[str, Any]) -> str:
+    """Emit a Prefect event a stage described (`{"event", "resource", "payload"}`); returns its id."""
+    from prefect.events import emit_event
+
+    sent = emit_event(event=spec["event"], resource=spec["resource"], payload=spec.get("payload"))
+    if sent is None:
+        raise RuntimeError(f"Prefect did not emit {spec['event']}: events are off for this client")
+    get_run_logger().info("emitted %s (%s)", spec["event"], spec["resource"]["prefect.resource.id"])
+    return str(sent.id)
 
 
 @task(name="read-metrics", timeout_seconds=30)

@@ -1,0 +1,118 @@
+"""Stage: read the current price list, and if a price changed, measure what it does to the
+champion with zero candidate calls and say what to do.
+
+`python -m stages.watch_prices` (the scheduled price watch's step, `flows/price_watch.py`; not a
+DVC stage: it reads the world, it builds nothing the pipeline depends on). The source and format
+are params `retrain.price_source` and `retrain.price_format` (`routerops.prices`); the impact and
+the decision come from `routerops.price_impact` on the current evaluation's trajectories. Outputs
+under `runs/price_watch/`, swapped in atomically: `watch.json` (changed or not, the pricing ids,
+the decision and its reason, the event to emit), `impact.md`, and when a price changed the new
+`pool.yaml` (what a retrain or a repriced version would use; `pool.yaml` itself is untouched).
+A source that cannot be read or fails validation fails the stage and writes nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import yaml
+
+from routerops.config import Params, load_params
+from routerops.evaluation import EvalRecord
+from routerops.io import atomic_dir, write_json_atomic, write_text_atomic
+from routerops.paths import default_params_file, default_pool_file, project_root, runs_dir
+from routerops.pool import Pool, load_pool, parse_pool
+from routerops.price_impact import RetrainRule, assess, render_impact
+from routerops.prices import PriceSourceError, apply_to_pool_text, parse_prices, price_changes, read_source
+
+__all__ = ["CHANGED_EVENT", "Inputs", "Outputs", "main", "run", "write"]
+
+CHANGED_EVENT = "routerops.prices.changed"
+OUT_DIR = "price_watch"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    pool: Pool
+    pool_file: Path
+    source: str  # file (relative to the project) or URL
+    trajectories: Path  # the champion's evaluation
+    now: datetime
+
+    @classmethod
+    def of_project(cls, root: Path, params: Params) -> Inputs:
+        src = params.retrain.price_source
+        source = src if src.startswith(("http://", "https://")) or Path(src).is_absolute() else str(root / src)
+        pool_file = default_pool_file(root)
+        trajectories = root / params.evaluate_router.out_dir / "trajectories.parquet"
+        return cls(load_pool(pool_file), pool_file, source, trajectories, datetime.now(UTC).replace(microsecond=0))
+
+
+@dataclass(frozen=True)
+class Outputs:
+    watch: dict[str, Any]
+    impact_md: str
+    new_pool_text: str | None  # None when no price changed
+
+
+def run(params: Params, inputs: Inputs) -> Outputs:
+    fmt = params.retrain.price_format
+    pulled = parse_prices(read_source(inputs.source), fmt, inputs.pool, inputs.source, inputs.now)
+    watch: dict[str, Any] = {"checked_at": inputs.now.isoformat(), "source": inputs.source, "format": fmt,
+                             "source_sha256": pulled.sha256, "old_pricing_id": inputs.pool.pricing.id}
+    changes = price_changes(inputs.pool, pulled)
+    if not changes:
+        watch.update(changed=False, new_pricing_id=inputs.pool.pricing.id, decision="none",
+                     reason="no price changed", event=None)
+        md = (f"# Price watch: no change\n\n{len(inputs.pool)} models checked against {fmt}: {inputs.source} at "
+              f"{inputs.now.isoformat()}; pricing {inputs.pool.pricing.id} holds. Nothing to do.\n")
+        return Outputs(watch, md, None)
+    text = apply_to_pool_text(inputs.pool_file.read_text(encoding="utf-8"), inputs.pool, pulled,
+                              label=f"{fmt}-{inputs.now.date().isoformat()}", effective=inputs.now.date())
+    new_pool = parse_pool(yaml.safe_load(text), str(inputs.pool_file))
+    if not inputs.trajectories.is_file():
+        raise PriceSourceError(f"{inputs.trajectories}: no evaluation to measure the change on; run `dvc repro "
+                               "evaluate_router` first")
+    records = [EvalRecord.from_row(r) for r in pq.read_table(inputs.trajectories).to_pylist()]
+    rule = RetrainRule(params.retrain.min_cheapest_correct_changed, params.retrain.max_objective_drop)
+    impact = assess(records, inputs.pool, new_pool, alpha=params.rewards.alpha, rule=rule,
+                    include_prompt=params.rewards.include_prompt_cost)
+    watch.update(changed=True, new_pricing_id=new_pool.pricing.id, decision=impact.decision, reason=impact.reason,
+                 changes=[{"model": c.model, "side": c.side, "old": c.old, "new": c.new} for c in changes],
+                 impact=impact.as_json(),
+                 event={"event": CHANGED_EVENT, "resource": {"prefect.resource.id": f"routerops.pricing."
+                                                                                    f"{new_pool.pricing.id}",
+                                                             "routerops.decision": impact.decision},
+                        "payload": {"old_pricing_id": inputs.pool.pricing.id, "new_pricing_id": new_pool.pricing.id,
+                                    "decision": impact.decision, "reason": impact.reason,
+                                    "source": inputs.source}})
+    return Outputs(watch, render_impact(impact, inputs.pool.pricing.label, new_pool.pricing.label), text)
+
+
+def write(out: Outputs, out_dir: Path) -> None:
+    with atomic_dir(out_dir) as tmp:
+        write_json_atomic(tmp / "watch.json", out.watch)
+        write_text_atomic(tmp / "impact.md", out.impact_md)
+        if out.new_pool_text is not None:
+            write_text_atomic(tmp / "pool.yaml", out.new_pool_text)
+
+
+def main() -> None:
+    root = project_root()
+    params = load_params(default_params_file(root))
+    try:
+        out = run(params, Inputs.of_project(root, params))
+    except (PriceSourceError, ValueError) as exc:
+        sys.stderr.write(f"watch_prices: {exc}\n")
+        raise SystemExit(1) from None
+    write(out, runs_dir(root) / OUT_DIR)
+    sys.stdout.write(out.impact_md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The price watch's stage: no change, a change with its impact and decision, and a bad source
+that writes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from routerops.candidates.types import CallOrigin
+from routerops.config import load_params
+from routerops.evaluation import Call, EvalRecord
+from routerops.pool import load_pool
+from routerops.prices import PriceSourceError
+from stages.watch_prices import CHANGED_EVENT, Inputs, run, write
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "prices"
+NOW = datetime(2026, 12, 2, 6, 0, tzinfo=UTC)
+
+
+def write_trajectories(path: Path) -> None:
+    """A small evaluation: Mixtral (17 tokens) and Mistral (150 tokens) right on every question,
+    the router calling Mixtral."""
+    rows = []
+    for i in range(6):
+        q = f"nq:{i}"
+        for model, tokens in (("Mixtral-8x22B-Instruct", 17), ("Mistral-7B-Instruct", 150)):
+            rows.append(EvalRecord(f"single:{model}", q, "nq", "q?", ("Paris",), "Paris", True,
+                                   (Call(model, CallOrigin.HTTP, tokens),)).as_row())
+        rows.append(EvalRecord("router", q, "nq", "q?", ("Paris",), "Paris", True,
+                               (Call("Mixtral-8x22B-Instruct", CallOrigin.HTTP, 17),)).as_row())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project directory: the repository's params and pool, a small evaluation."""
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copy(ROOT / "pool.yaml", root / "pool.yaml")
+    shutil.copy(ROOT / "params.yaml", root / "params.yaml")
+    write_trajectories(root / "artifacts" / "evaluation" / "trajectories.parquet")
+    monkeypatch.delenv("ROUTEROPS_RUNS_DIR", raising=False)
+    return root
+
+
+def _inputs(project: Path, source: Path) -> Inputs:
+    pool_file = project / "pool.yaml"
+    return Inputs(load_pool(pool_file), pool_file, str(source), project / "artifacts/evaluation/trajectories.parquet",
+                  NOW)
+
+
+def _params(fmt: str):
+    params = load_params(ROOT / "params.yaml")
+    return params.model_copy(update={"retrain": params.retrain.model_copy(update={"price_format": fmt})})
+
+
+def test_no_change_writes_the_check_and_no_pool(project) -> None:
+    out = run(_params("pool"), _inputs(project, project / "pool.yaml"))
+    assert (out.watch["changed"], out.watch["decision"], out.watch["event"], out.new_pool_text) == (
+        False, "none", None, None)
+    write(out, project / "runs" / "price_watch")
+    assert sorted(p.name for p in (project / "runs" / "price_watch").iterdir()) == ["_COMPLETE", "impact.md",
+                                                                                   "watch.json"]
+    assert out.impact_md.startswith("# Price watch: no change")
+
+
+def test_a_change_is_measured_decided_and_described_as_an_event(project) -> None:
+    out = run(_params("openrouter"), _inputs(project, FIXTURES / "openrouter.json"))
+    w = out.watch
+    assert w["changed"] and w["decision"] in {"reprice", "retrain"} and len(w["changes"]) == 12
+    new_pool = yaml.safe_load(out.new_pool_text or "")
+    assert new_pool["pricing"]["prices"]["Mixtral-8x22B-Instruct"] == {"input_usd_per_mtok": 0.9,
+                                                                        "output_usd_per_mtok": 0.9}
+    assert w["event"]["event"] == CHANGED_EVENT
+    assert w["event"]["resource"]["prefect.resource.id"] == f"routerops.pricing.{w['new_pricing_id']}"
+    assert w["event"]["payload"]["decision"] == w["decision"] and w["impact"]["decision"] == w["decision"]
+    assert out.impact_md.startswith("# Price change: router-r1-together-list -> openrouter-2026-12-02")
+    json.dumps(w)  # the flow reads it back as JSON
+    assert (project / "pool.yaml").read_text() == (ROOT / "pool.yaml").read_text()  # untouched
+
+
+def test_a_bad_source_fails_and_writes_nothing(project, tmp_path) -> None:
+    bad = tmp_path / "bad.json"
+    doc = json.loads((FIXTURES / "openrouter.json").read_text())
+    doc["data"] = [r for r in doc["data"] if r["id"] != "google/gemma-2-27b-it"]
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(PriceSourceError, match=r"model 'Gemma-2-27B-Instruct' \(openrouter id "
+                                               r"'google/gemma-2-27b-it'\): not in the source$"):
+        run(_params("openrouter"), _inputs(project, bad))
+    # the same through `python -m stages.watch_prices`, as the flow runs it
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["retrain"].update(price_source=str(bad), price_format="openrouter")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k not in ("ROUTEROPS_ROOT", "ROUTEROPS_RUNS_DIR")}
+    env["PYTHONPATH"] = str(ROOT)  # the stage's code; the project it acts on is the working directory
+    proc = subprocess.run([sys.executable, "-m", "stages.watch_prices"], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and "watch_prices: " in proc.stderr and "not in the source" in proc.stderr
+    assert not (project / "runs").exists()
+
+
+def test_no_evaluation_to_measure_on_is_an_error(project) -> None:
+    (project / "artifacts" / "evaluation" / "trajectories.parquet").unlink()
+    with pytest.raises(PriceSourceError, match=r"trajectories\.parquet: no evaluation to measure the change on"):
+        run(_params("openrouter"), _inputs(project, FIXTURES / "openrouter.json"))
