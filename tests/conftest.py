@@ -65,3 +65,28 @@ def prefect_server(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def write_trajectories():
+    """`write_trajectories(path)`: a small evaluation's trajectories.parquet. Mixtral (17 tokens)
+    and Mistral (150 tokens) right on six NQ questions, the router calling Mixtral."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from routerops.candidates.types import CallOrigin
+    from routerops.evaluation import Call, EvalRecord
+
+    def write(path: Path) -> None:
+        rows = []
+        for i in range(6):
+            q = f"nq:{i}"
+            for model, tokens in (("Mixtral-8x22B-Instruct", 17), ("Mistral-7B-Instruct", 150)):
+                rows.append(EvalRecord(f"single:{model}", q, "nq", "q?", ("Paris",), "Paris", True,
+                                       (Call(model, CallOrigin.HTTP, tokens),)).as_row())
+            rows.append(EvalRecord("router", q, "nq", "q?", ("Paris",), "Paris", True,
+                                   (Call("Mixtral-8x22B-Instruct", CallOrigin.HTTP, 17),)).as_row())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), path)
+
+    return write

@@ -11,14 +11,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from routerops.candidates.types import CallOrigin
 from routerops.config import load_params
-from routerops.evaluation import Call, EvalRecord
 from routerops.pool import load_pool
 from routerops.prices import PriceSourceError
 from stages.watch_prices import CHANGED_EVENT, Inputs, run, write
@@ -28,23 +24,8 @@ FIXTURES = ROOT / "tests" / "fixtures" / "prices"
 NOW = datetime(2026, 12, 2, 6, 0, tzinfo=UTC)
 
 
-def write_trajectories(path: Path) -> None:
-    """A small evaluation: Mixtral (17 tokens) and Mistral (150 tokens) right on every question,
-    the router calling Mixtral."""
-    rows = []
-    for i in range(6):
-        q = f"nq:{i}"
-        for model, tokens in (("Mixtral-8x22B-Instruct", 17), ("Mistral-7B-Instruct", 150)):
-            rows.append(EvalRecord(f"single:{model}", q, "nq", "q?", ("Paris",), "Paris", True,
-                                   (Call(model, CallOrigin.HTTP, tokens),)).as_row())
-        rows.append(EvalRecord("router", q, "nq", "q?", ("Paris",), "Paris", True,
-                               (Call("Mixtral-8x22B-Instruct", CallOrigin.HTTP, 17),)).as_row())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
-
-
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_trajectories) -> Path:
     """A project directory: the repository's params and pool, a small evaluation."""
     root = tmp_path / "project"
     root.mkdir()
