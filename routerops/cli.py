@@ -127,9 +127,7 @@ def prices_impact(
     """What new prices do to the champion, with zero candidate calls: USD per question per system,
     the cost-aware objective, the cheapest correct model per question; and the decision (none,
     reprice or retrain, by params `retrain`). Exits 0 whatever the decision."""
-    import pyarrow.parquet as pq
-
-    from routerops.evaluation import EvalRecord
+    from routerops.evaluation import read_records
     from routerops.price_impact import RetrainRule, assess, render_impact
 
     params = _project_params()
@@ -137,10 +135,9 @@ def prices_impact(
     if not trajectories.is_file():
         raise _fail(f"{trajectories}: no evaluation trajectories; run `dvc repro evaluate_router` first", 1)
     old, new = _load_pool(old_pool), _load_pool(pool)
-    records = [EvalRecord.from_row(r) for r in pq.read_table(trajectories).to_pylist()]
-    rule = RetrainRule(params.retrain.min_cheapest_correct_changed, params.retrain.max_objective_drop)
+    records = read_records(trajectories)
     try:
-        impact = assess(records, old, new, alpha=params.rewards.alpha, rule=rule,
+        impact = assess(records, old, new, alpha=params.rewards.alpha, rule=RetrainRule.of(params.retrain),
                         include_prompt=params.rewards.include_prompt_cost)
     except ValueError as exc:
         raise _fail(str(exc), 1) from None
@@ -424,9 +421,7 @@ def eval_reprice(
 ) -> None:
     """Recompute every cost metric and the Pareto plot under new prices from the stored
     trajectories. No candidate is called: costs are stored token counts x the new prices."""
-    import pyarrow.parquet as pq
-
-    from routerops.evaluation import EvalRecord, aggregate, reprice_records
+    from routerops.evaluation import aggregate, read_records, reprice_records
     from routerops.report import pareto_plot
 
     try:
@@ -437,7 +432,7 @@ def eval_reprice(
     if not trajectories.is_file():
         raise _fail(f"{trajectories}: no evaluation trajectories; run `dvc repro evaluate_router` first", 1)
     old, new = _load_pool(old_pool), _load_pool(pool)
-    records = [EvalRecord.from_row(r) for r in pq.read_table(trajectories).to_pylist()]
+    records = read_records(trajectories)
     unpriced = sorted({c.model for r in records for c in r.calls if c.ok} - set(new.names))
     if unpriced:
         raise _fail(f"{pool}: no price for model(s) {', '.join(unpriced)} that the evaluation called", 1)

@@ -14,6 +14,7 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from routerops.candidates.types import REPLY_ORIGINS, CallOrigin, CallResult, CandidateReply, FailureKind
@@ -36,6 +37,7 @@ __all__ = [
     "dominates",
     "oracle_choice",
     "paired_difference",
+    "read_records",
     "reprice_records",
     "verdict",
 ]
@@ -271,6 +273,13 @@ def paired_difference(records: Iterable[EvalRecord], pool: Pool, system: str, ba
         system, baseline, sum(len(g) for g in deltas.values()), em,
         (_percentile(em_draws, tail), _percentile(em_draws, 1 - tail)), usd,
         (_percentile(usd_draws, tail), _percentile(usd_draws, 1 - tail)), confidence, samples)
+
+
+def read_records(path: str | Path) -> list[EvalRecord]:
+    """An evaluation's records back from its trajectories.parquet."""
+    import pyarrow.parquet as pq
+
+    return [EvalRecord.from_row(r) for r in pq.read_table(path).to_pylist()]
 
 
 def reprice_records(records: Iterable[EvalRecord], new_pool: Pool, include_prompt: bool = False

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from routerops.config import RetrainParams
 from routerops.evaluation import EvalRecord, aggregate, oracle_choice
 from routerops.pool import Pool
 from routerops.rewards import FrozenBoundsNormalizer, combine
@@ -40,6 +41,10 @@ ROUTER = "router"
 class RetrainRule:
     min_cheapest_correct_changed: float  # share of answerable questions
     max_objective_drop: float  # absolute, on the mean reward
+
+    @classmethod
+    def of(cls, params: RetrainParams) -> RetrainRule:
+        return cls(params.min_cheapest_correct_changed, params.max_objective_drop)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import configparser
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,27 +101,25 @@ class DvcS3Remote:
         except BotoCoreError as exc:
             raise RemoteUnavailable(f"S3 remote {self.config.name!r} at {self.where} is unreachable: {exc}") from None
 
-    def download(self, md5: str, target: Path) -> None:
+    @contextmanager
+    def _object(self, md5: str) -> Iterator[None]:
+        """botocore's errors for one object as ours: absent, or the remote unreachable."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self._client.download_file(self.bucket, self.key(md5), str(target))
+            yield
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
                 raise ObjectMissing(self.url(md5)) from None
             raise RemoteUnavailable(f"{self.url(md5)}: {exc}") from None
         except BotoCoreError as exc:
             raise RemoteUnavailable(f"S3 remote at {self.where}: {exc}") from None
+
+    def download(self, md5: str, target: Path) -> None:
+        with self._object(md5):
+            self._client.download_file(self.bucket, self.key(md5), str(target))
 
     def get(self, md5: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with self._object(md5):
             body: bytes = self._client.get_object(Bucket=self.bucket, Key=self.key(md5))["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
-                raise ObjectMissing(self.url(md5)) from None
-            raise RemoteUnavailable(f"{self.url(md5)}: {exc}") from None
-        except BotoCoreError as exc:
-            raise RemoteUnavailable(f"S3 remote at {self.where}: {exc}") from None
         return body

@@ -19,11 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import yaml
 
 from routerops.config import Params, load_params
-from routerops.evaluation import EvalRecord
+from routerops.evaluation import read_records
 from routerops.io import atomic_dir, write_json_atomic, write_text_atomic
 from routerops.paths import default_params_file, default_pool_file, project_root, runs_dir
 from routerops.pool import Pool, load_pool, parse_pool
@@ -78,9 +77,8 @@ def run(params: Params, inputs: Inputs) -> Outputs:
     if not inputs.trajectories.is_file():
         raise PriceSourceError(f"{inputs.trajectories}: no evaluation to measure the change on; run `dvc repro "
                                "evaluate_router` first")
-    records = [EvalRecord.from_row(r) for r in pq.read_table(inputs.trajectories).to_pylist()]
-    rule = RetrainRule(params.retrain.min_cheapest_correct_changed, params.retrain.max_objective_drop)
-    impact = assess(records, inputs.pool, new_pool, alpha=params.rewards.alpha, rule=rule,
+    impact = assess(read_records(inputs.trajectories), inputs.pool, new_pool, alpha=params.rewards.alpha,
+                    rule=RetrainRule.of(params.retrain),
                     include_prompt=params.rewards.include_prompt_cost)
     watch.update(changed=True, new_pricing_id=new_pool.pricing.id, decision=impact.decision, reason=impact.reason,
                  changes=[{"model": c.model, "side": c.side, "old": c.old, "new": c.new} for c in changes],
