@@ -26,8 +26,8 @@ from routerops.paths import default_params_file, default_pool_file, runs_dir
 from routerops.progress import PROGRESS_ENV
 
 __all__ = ["CommandFailed", "GateFailed", "Layout", "dvc_push", "dvc_repro", "emit", "gate", "layout", "publish_file",
-           "read_metrics", "register_version", "run_command", "run_stage", "running_services", "seed_data",
-           "start_local_s3", "validate_pool"]
+           "read_metrics", "register_version", "run_command", "run_in_workspace", "run_stage", "running_services",
+           "seed_data", "start_local_s3", "validate_pool"]
 
 
 class CommandFailed(RuntimeError):
@@ -108,6 +108,7 @@ class Layout:
     service_dir: Path
     lineage_dir: Path
     price_watch_dir: Path
+    retrain_dir: Path  # one folder per pricing id
 
 
 @task(name="layout", timeout_seconds=30)
@@ -128,6 +129,7 @@ def layout(repo: Path) -> Layout:
         service_dir=runs_dir(repo) / "ask_service",
         lineage_dir=runs_dir(repo) / "lineage",
         price_watch_dir=runs_dir(repo) / "price_watch",
+        retrain_dir=runs_dir(repo) / "retrain",
     )
 
 
@@ -200,8 +202,18 @@ def gate(path: Path, key: str) -> None:
 
 
 @task(name="run-stage", timeout_seconds=1800, task_run_name="stage-{module}")
-def run_stage(module: str, repo: Path) -> str:
-    return run_command(python_module(f"stages.{module}"), cwd=repo)
+def run_stage(module: str, repo: Path, args: tuple[str, ...] = ()) -> str:
+    return run_command(python_module(f"stages.{module}", *args), cwd=repo)
+
+
+@task(name="run-in-workspace", timeout_seconds=3600, task_run_name="{name}")
+def run_in_workspace(name: str, module_args: list[str], workspace: Path) -> str:
+    """`python -m <module_args>` in another workspace of this project (a challenger's worktree):
+    its own code, params and outputs, this project's shared data."""
+    from routerops.paths import shared_data_dir
+
+    return run_command(python_module(*module_args), cwd=workspace,
+                       extra_env={"ROUTEROPS_ROOT": str(workspace), "ROUTEROPS_SHARED_DATA": str(shared_data_dir())})
 
 
 @task(name="publish-file", timeout_seconds=60, task_run_name="publish-{key}")

@@ -132,6 +132,9 @@ class RetrainParams(_Section):
     max_objective_drop: float = Field(ge=0.0)
     price_source: str = Field(min_length=1)
     price_format: Literal["litellm", "openrouter", "pool"]
+    min_objective_gain: float
+    budget_usd: float | None = Field(ge=0)
+    workspaces: str = Field(min_length=1)
 
 
 class ServeParams(_Section):

@@ -256,23 +256,30 @@ def paired_difference(records: Iterable[EvalRecord], pool: Pool, system: str, ba
     if not deltas:
         raise ValueError(f"no question was answered by both {system!r} and {baseline!r}")
 
-    def macro(groups: Mapping[str, Sequence[tuple[float, float]]]) -> tuple[float, float]:
-        return (statistics.fmean(statistics.fmean(d[0] for d in g) for g in groups.values()),
-                statistics.fmean(statistics.fmean(d[1] for d in g) for g in groups.values()))
+    (em, usd), (em_ci, usd_ci) = stratified_bootstrap(deltas, samples=samples, confidence=confidence, seed=seed)
+    return PairedDifference(system, baseline, sum(len(g) for g in deltas.values()), em, em_ci, usd, usd_ci,
+                            confidence, samples)
+
+
+def stratified_bootstrap(deltas: Mapping[str, Sequence[Sequence[float]]], *, samples: int, confidence: float,
+                         seed: int) -> tuple[tuple[float, ...], tuple[tuple[float, float], ...]]:
+    """Means of paired per-question differences, macro-averaged over benchmarks (the keys), and
+    their percentile intervals from a bootstrap that resamples questions within each benchmark.
+    Each question's tuple (one value per measure) stays together, so measures keep their pairing."""
+    if not deltas or any(not g for g in deltas.values()):
+        raise ValueError("stratified_bootstrap needs at least one question per benchmark")
+    width = len(next(iter(next(iter(deltas.values())))))
+
+    def macro(groups: Mapping[str, Sequence[Sequence[float]]]) -> tuple[float, ...]:
+        return tuple(statistics.fmean(statistics.fmean(d[i] for d in g) for g in groups.values())
+                     for i in range(width))
 
     rng = random.Random(seed)
-    em_draws: list[float] = []
-    usd_draws: list[float] = []
-    for _ in range(samples):
-        em_d, usd_d = macro({src: rng.choices(g, k=len(g)) for src, g in deltas.items()})
-        em_draws.append(em_d)
-        usd_draws.append(usd_d)
+    draws = [macro({src: rng.choices(g, k=len(g)) for src, g in deltas.items()}) for _ in range(samples)]
     tail = (1 - confidence) / 2
-    em, usd = macro(deltas)
-    return PairedDifference(
-        system, baseline, sum(len(g) for g in deltas.values()), em,
-        (_percentile(em_draws, tail), _percentile(em_draws, 1 - tail)), usd,
-        (_percentile(usd_draws, tail), _percentile(usd_draws, 1 - tail)), confidence, samples)
+    cis = tuple((_percentile([d[i] for d in draws], tail), _percentile([d[i] for d in draws], 1 - tail))
+                for i in range(width))
+    return macro(deltas), cis
 
 
 def read_records(path: str | Path) -> list[EvalRecord]:

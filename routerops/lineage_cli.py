@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from routerops.champion import LocalFirstObjects
 from routerops.config import Params, ParamsError, load_params
 from routerops.lineage import (
     LINEAGE_FILE,
@@ -172,21 +173,12 @@ def _remote(root: Path) -> Any:
 
 def _pareto(root: Path, record: LineageRecord) -> bytes | None:
     """The evaluation's Pareto plot, from the local DVC cache when its md5 matches, else the remote."""
-    store: Any = None
-
-    def get(md5: str) -> bytes:
-        nonlocal store
-        cached = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
-        if cached.is_file() and md5_hex(cached.read_bytes()) == md5.removesuffix(".dir"):
-            return cached.read_bytes()
-        store = store or _remote(root)
-        data: bytes = store.get(md5)
-        return data
+    objects = LocalFirstObjects(root, lambda: _remote(root))
 
     try:
-        listing = json.loads(get(record.evaluation.artifact.md5))
+        listing = json.loads(objects.get(record.evaluation.artifact.md5))
         md5 = next(e["md5"] for e in listing if e["relpath"] == "pareto.png")
-        return get(md5)
+        return objects.get(md5)
     except (RemoteUnavailable, ObjectMissing, StopIteration, ValueError, KeyError):
         return None
 

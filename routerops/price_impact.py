@@ -30,7 +30,7 @@ from routerops.evaluation import EvalRecord, aggregate, oracle_choice
 from routerops.pool import Pool
 from routerops.rewards import FrozenBoundsNormalizer, combine
 
-__all__ = ["Decision", "Impact", "RetrainRule", "SystemImpact", "assess", "render_impact"]
+__all__ = ["Decision", "Impact", "RetrainRule", "SystemImpact", "assess", "cost_aware_rewards", "render_impact"]
 
 Decision = Literal["none", "reprice", "retrain"]
 SINGLE = "single:"
@@ -82,12 +82,18 @@ class Impact:
                 "reason": self.reason}
 
 
+def cost_aware_rewards(records: Sequence[EvalRecord], reference: Sequence[EvalRecord], pool: Pool, alpha: float,
+                       include_prompt: bool) -> list[float]:
+    """Each record's Router-R1 reward under `pool`, the cost normaliser's bounds calibrated on the
+    costs of `reference` (every system's records) under the same prices."""
+    norm = FrozenBoundsNormalizer.calibrate([r.cost_usd(pool, include_prompt) for r in reference])
+    normed, _ = norm.update([r.cost_usd(pool, include_prompt) for r in records])
+    return [combine(r.format_valid, r.em, n, alpha) for r, n in zip(records, normed, strict=True)]
+
+
 def _objective(records: Sequence[EvalRecord], reference: Sequence[EvalRecord], pool: Pool, alpha: float,
                include_prompt: bool) -> float:
-    norm = FrozenBoundsNormalizer.calibrate([r.cost_usd(pool, include_prompt) for r in reference])
-    costs = [r.cost_usd(pool, include_prompt) for r in records]
-    normed, _ = norm.update(costs)
-    rewards = [combine(r.format_valid, r.em, n, alpha) for r, n in zip(records, normed, strict=True)]
+    rewards = cost_aware_rewards(records, reference, pool, alpha, include_prompt)
     return sum(rewards) / len(rewards) if rewards else 0.0
 
 

@@ -21,24 +21,29 @@ from typing import Any
 
 import yaml
 
+from routerops.champion import LocalFirstObjects, read_champion
 from routerops.config import Params, load_params
 from routerops.evaluation import read_records
 from routerops.io import atomic_dir, write_json_atomic, write_text_atomic
-from routerops.paths import default_params_file, default_pool_file, project_root, runs_dir
-from routerops.pool import Pool, load_pool, parse_pool
+from routerops.lineage import LineageError, ObjectMissing, RemoteUnavailable
+from routerops.paths import default_params_file, project_root, runs_dir
+from routerops.pool import Pool, parse_pool
 from routerops.price_impact import RetrainRule, assess, render_impact
 from routerops.prices import PriceSourceError, apply_to_pool_text, parse_prices, price_changes, read_source
+from routerops.remote import DvcS3Remote, read_remote_config
 
 __all__ = ["CHANGED_EVENT", "Inputs", "Outputs", "main", "run", "write"]
 
 CHANGED_EVENT = "routerops.prices.changed"
 OUT_DIR = "price_watch"
+SCRATCH = ".routerops/cache/champion"  # the champion's evaluation, when fetched from the remote
 
 
 @dataclass(frozen=True)
 class Inputs:
-    pool: Pool
-    pool_file: Path
+    pool: Pool  # the champion's prices
+    pool_text: str  # its pool.yaml, which the new prices are written into
+    champion: str  # who the change is measured against, in words
     source: str  # file (relative to the project) or URL
     trajectories: Path  # the champion's evaluation
     now: datetime
@@ -47,9 +52,10 @@ class Inputs:
     def of_project(cls, root: Path, params: Params) -> Inputs:
         src = params.retrain.price_source
         source = src if src.startswith(("http://", "https://")) or Path(src).is_absolute() else str(root / src)
-        pool_file = default_pool_file(root)
-        trajectories = root / params.evaluate_router.out_dir / "trajectories.parquet"
-        return cls(load_pool(pool_file), pool_file, source, trajectories, datetime.now(UTC).replace(microsecond=0))
+        champ = read_champion(root, params.package_router.model_name, params.evaluate_router.out_dir,
+                              root / SCRATCH, LocalFirstObjects(root, lambda: DvcS3Remote(read_remote_config(root))))
+        return cls(champ.pool, champ.pool_text, champ.described, source, champ.trajectories,
+                   datetime.now(UTC).replace(microsecond=0))
 
 
 @dataclass(frozen=True)
@@ -62,21 +68,20 @@ class Outputs:
 def run(params: Params, inputs: Inputs) -> Outputs:
     fmt = params.retrain.price_format
     pulled = parse_prices(read_source(inputs.source), fmt, inputs.pool, inputs.source, inputs.now)
-    watch: dict[str, Any] = {"checked_at": inputs.now.isoformat(), "source": inputs.source, "format": fmt,
+    watch: dict[str, Any] = {"checked_at": inputs.now.isoformat(), "champion": inputs.champion,
+                             "source": inputs.source, "format": fmt,
                              "source_sha256": pulled.sha256, "old_pricing_id": inputs.pool.pricing.id}
     changes = price_changes(inputs.pool, pulled)
     if not changes:
         watch.update(changed=False, new_pricing_id=inputs.pool.pricing.id, decision="none",
                      reason="no price changed", event=None)
-        md = (f"# Price watch: no change\n\n{len(inputs.pool)} models checked against {fmt}: {inputs.source} at "
+        md = (f"# Price watch: no change\n\nMeasured against {inputs.champion}. {len(inputs.pool)} models checked "
+              f"against {fmt}: {inputs.source} at "
               f"{inputs.now.isoformat()}; pricing {inputs.pool.pricing.id} holds. Nothing to do.\n")
         return Outputs(watch, md, None)
-    text = apply_to_pool_text(inputs.pool_file.read_text(encoding="utf-8"), inputs.pool, pulled,
+    text = apply_to_pool_text(inputs.pool_text, inputs.pool, pulled,
                               label=f"{fmt}-{inputs.now.date().isoformat()}", effective=inputs.now.date())
-    new_pool = parse_pool(yaml.safe_load(text), str(inputs.pool_file))
-    if not inputs.trajectories.is_file():
-        raise PriceSourceError(f"{inputs.trajectories}: no evaluation to measure the change on; run `dvc repro "
-                               "evaluate_router` first")
+    new_pool = parse_pool(yaml.safe_load(text), inputs.pool.source_file)
     impact = assess(read_records(inputs.trajectories), inputs.pool, new_pool, alpha=params.rewards.alpha,
                     rule=RetrainRule.of(params.retrain),
                     include_prompt=params.rewards.include_prompt_cost)
@@ -89,7 +94,9 @@ def run(params: Params, inputs: Inputs) -> Outputs:
                         "payload": {"old_pricing_id": inputs.pool.pricing.id, "new_pricing_id": new_pool.pricing.id,
                                     "decision": impact.decision, "reason": impact.reason,
                                     "source": inputs.source}})
-    return Outputs(watch, render_impact(impact, inputs.pool.pricing.label, new_pool.pricing.label), text)
+    md = render_impact(impact, inputs.pool.pricing.label, new_pool.pricing.label)
+    md += f"\nMeasured against {inputs.champion}.\n"
+    return Outputs(watch, md, text)
 
 
 def write(out: Outputs, out_dir: Path) -> None:
@@ -105,7 +112,7 @@ def main() -> None:
     params = load_params(default_params_file(root))
     try:
         out = run(params, Inputs.of_project(root, params))
-    except (PriceSourceError, ValueError) as exc:
+    except (PriceSourceError, LineageError, RemoteUnavailable, ObjectMissing, ValueError) as exc:
         sys.stderr.write(f"watch_prices: {exc}\n")
         raise SystemExit(1) from None
     write(out, runs_dir(root) / OUT_DIR)

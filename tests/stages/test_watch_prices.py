@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from routerops.config import load_params
+from routerops.lineage import LineageError
 from routerops.pool import load_pool
 from routerops.prices import PriceSourceError
 from stages.watch_prices import CHANGED_EVENT, Inputs, run, write
@@ -32,14 +33,15 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_trajectories)
     shutil.copy(ROOT / "pool.yaml", root / "pool.yaml")
     shutil.copy(ROOT / "params.yaml", root / "params.yaml")
     write_trajectories(root / "artifacts" / "evaluation" / "trajectories.parquet")
+    subprocess.run(["git", "init", "-q", str(root)], check=True, timeout=60)  # a registry with no champion
     monkeypatch.delenv("ROUTEROPS_RUNS_DIR", raising=False)
     return root
 
 
 def _inputs(project: Path, source: Path) -> Inputs:
     pool_file = project / "pool.yaml"
-    return Inputs(load_pool(pool_file), pool_file, str(source), project / "artifacts/evaluation/trajectories.parquet",
-                  NOW)
+    return Inputs(load_pool(pool_file), pool_file.read_text(), "the workspace", str(source),
+                  project / "artifacts/evaluation/trajectories.parquet", NOW)
 
 
 def _params(fmt: str):
@@ -92,7 +94,15 @@ def test_a_bad_source_fails_and_writes_nothing(project, tmp_path) -> None:
     assert not (project / "runs").exists()
 
 
+def test_with_no_champion_the_workspace_stands_in(project) -> None:
+    inputs = Inputs.of_project(project, _params("openrouter"))
+    assert inputs.champion.startswith("the workspace (no champion registered")
+    assert inputs.pool_text == (project / "pool.yaml").read_text()
+    assert inputs.trajectories == project / "artifacts" / "evaluation" / "trajectories.parquet"
+
+
 def test_no_evaluation_to_measure_on_is_an_error(project) -> None:
     (project / "artifacts" / "evaluation" / "trajectories.parquet").unlink()
-    with pytest.raises(PriceSourceError, match=r"trajectories\.parquet: no evaluation to measure the change on"):
-        run(_params("openrouter"), _inputs(project, FIXTURES / "openrouter.json"))
+    with pytest.raises(LineageError, match=r"trajectories\.parquet: no evaluation to measure the change on; run "
+                                           r"`dvc repro evaluate_router` first$"):
+        Inputs.of_project(project, _params("openrouter"))
