@@ -137,6 +137,10 @@ class RetrainParams(_Section):
     workspaces: str = Field(min_length=1)
 
 
+class StackParams(_Section):
+    prefect_port: int = Field(ge=1, le=65535)
+
+
 class ServeParams(_Section):
     host: str
     port: int = Field(ge=0, le=65535)
@@ -320,6 +324,7 @@ class Params(_Section):
     package_router: PackageRouterParams
     serve: ServeParams
     retrain: RetrainParams
+    stack: StackParams
 
     def router_limits(self) -> RolloutLimits:
         """Limits of the episodes the trained router runs (training, evaluation, serving):

@@ -1,0 +1,226 @@
+"""The local stack: the S3 store, a Prefect server, the process work pool with its deployments
+(`prefect.yaml`), and a worker, all real processes on loopback.
+
+`python -m infra.local.stack up|down|status` (`make up`, `make down`). `up` is idempotent: what
+runs and answers its health check is left as it is, what does not is started and waited for; the
+deployments are applied every time (an update when they exist). `down` stops the worker first
+(so no new flow run starts), then the server, then the S3 store. State, pid files and logs live
+in `.routerops/stack/` (the server's database in `.routerops/stack/prefect/`), apart from the
+demo's ephemeral Prefect home, so `make demo` and the stack never share a database.
+
+Health checks: the server's `/api/health`; the worker's heartbeat (the server lists it ONLINE
+in the pool); the store's S3 listing (`infra.local.s3`). Ports: params `stack.prefect_port`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from infra.local.dvc_remote import configure_remote
+from infra.local.procs import ManagedProcess, ProcessError, http_ok
+from infra.local.s3 import LocalS3, LocalS3Error
+from routerops.config import load_params
+from routerops.paths import default_params_file, project_root
+
+__all__ = ["Stack", "StackError", "apply_deployments", "main"]
+
+LOOPBACK = "127.0.0.1"
+DEPLOYMENTS_FILE = "prefect.yaml"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _telemetry_off() -> dict[str, str]:
+    return {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
+            "BENTOML_DO_NOT_TRACK": "true", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1", "GX_ANALYTICS_ENABLED": "false", "VLLM_NO_USAGE_STATS": "1"}
+
+
+@contextmanager
+def _api(url: str) -> Iterator[None]:
+    """Prefect's client settings pointed at `url` for this block."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: url}):
+        yield
+
+
+def _deployment_specs(root: Path) -> list[dict[str, Any]]:
+    doc = yaml.safe_load((root / DEPLOYMENTS_FILE).read_text(encoding="utf-8")) or {}
+    specs = doc.get("deployments") or []
+    for d in specs:
+        for key in ("name", "entrypoint", "work_pool"):
+            if key not in d:
+                raise StackError(f"{root / DEPLOYMENTS_FILE}: deployment {d.get('name', '?')!r} has no {key!r}")
+    return list(specs)
+
+
+def apply_deployments(root: Path, api_url: str) -> list[str]:
+    """Create or update every deployment of `prefect.yaml` on the server at `api_url`, with its
+    schedules, event triggers and concurrency limit, run from `root` by a process worker. The
+    work pools they name are created (type process) when missing. Returns their names."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.events import DeploymentEventTrigger
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.flows import load_flow_from_entrypoint
+
+    done = []
+    with _api(api_url):
+        specs = _deployment_specs(root)
+        with get_client(sync_client=True) as client:
+            for pool in sorted({d["work_pool"]["name"] for d in specs}):
+                try:
+                    client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+                except ObjectAlreadyExists:
+                    pass
+        for d in specs:
+            flow: Any = load_flow_from_entrypoint(str(root / d["entrypoint"]))
+            limit = d.get("concurrency_limit")
+            dep = RunnerDeployment.from_flow(
+                flow, name=d["name"],
+                schedules=[CronSchedule(cron=s["cron"], timezone=s.get("timezone", "UTC"))
+                           for s in d.get("schedules") or []],
+                triggers=[DeploymentEventTrigger(**t) for t in d.get("triggers") or []],
+                concurrency_limit=None if limit is None else ConcurrencyLimitConfig(**limit),
+                parameters=d.get("parameters") or {})
+            dep.entrypoint = d["entrypoint"]
+            dep._path = str(root)  # the worker runs the flow from this checkout
+            dep.apply(work_pool_name=d["work_pool"]["name"])
+            done.append(f"{flow.name}/{d['name']}")
+    return done
+
+
+def workers_online(api_url: str, pool: str) -> list[str]:
+    """Names of the pool's workers the server lists ONLINE (limit and offset sent explicitly:
+    prefect 3.8.8's client sends null, which its server refuses)."""
+    try:
+        r = httpx.post(f"{api_url}/work_pools/{pool}/workers/filter", timeout=5,
+                       json={"workers": {"status": {"any_": ["ONLINE"]}}, "limit": 50, "offset": 0})
+    except httpx.HTTPError:
+        return []
+    return [w["name"] for w in r.json()] if r.is_success else []
+
+
+@dataclass(frozen=True)
+class Stack:
+    root: Path
+    prefect_port: int
+
+    @classmethod
+    def of_project(cls, root: Path | None = None) -> Stack:
+        root = root or project_root()
+        return cls(root, load_params(default_params_file(root)).stack.prefect_port)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".routerops" / "stack"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.prefect_port}/api"
+
+    @property
+    def pool(self) -> str:
+        pools = {d["work_pool"]["name"] for d in _deployment_specs(self.root)}
+        if len(pools) != 1:
+            raise StackError(f"{DEPLOYMENTS_FILE}: the local stack runs one process work pool, found {sorted(pools)}")
+        return str(pools.pop())
+
+    def _env(self) -> dict[str, str]:
+        return {**_telemetry_off(), "PREFECT_HOME": str(self.state_dir / "prefect"), "PREFECT_API_URL": self.api_url,
+                "ROUTEROPS_ROOT": str(self.root),
+                "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO")}
+
+    def server(self) -> ManagedProcess:
+        env = {**self._env(), "PREFECT_SERVER_API_HOST": LOOPBACK}
+        env.pop("PREFECT_API_URL")
+        return ManagedProcess("prefect-server", self.state_dir,
+                              [sys.executable, "-m", "prefect", "server", "start", "--host", LOOPBACK, "--port",
+                               str(self.prefect_port)],
+                              lambda: http_ok(f"{self.api_url}/health"), env=env, cwd=self.root,
+                              marker="prefect server start")
+
+    def worker(self) -> ManagedProcess:
+        name = f"routerops-{self.prefect_port}"
+        return ManagedProcess("worker", self.state_dir,
+                              [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool, "--type",
+                               "process", "--name", name],
+                              lambda: name in workers_online(self.api_url, self.pool), env=self._env(),
+                              cwd=self.root, marker="prefect worker start")
+
+    def store(self) -> LocalS3:
+        return LocalS3(data_dir=self.root / ".routerops" / "s3")
+
+    def up(self, *, with_store: bool = True) -> list[str]:
+        said = []
+        if with_store:
+            store = self.store()
+            r = store.start(timeout_s=90)
+            said.append(f"s3: {'already running' if r.already_running else 'started'} (pid {r.pid}) at "
+                        f"{r.endpoint_url}")
+            configure_remote(self.root, endpoint_url=store.endpoint_url, access_key_id=store.access_key,
+                             secret_access_key=store.secret_key)
+        said.append(self.server().start(timeout_s=120))
+        said += [f"deployment {d}" for d in apply_deployments(self.root, self.api_url)]
+        said.append(self.worker().start(timeout_s=90))
+        said.append(f"Prefect API: {self.api_url} (UI at http://{LOOPBACK}:{self.prefect_port}); "
+                    f"`export PREFECT_API_URL={self.api_url}` to use it from a shell")
+        return said
+
+    def down(self, *, with_store: bool = True) -> list[str]:
+        said = [self.worker().stop(timeout_s=30), self.server().stop(timeout_s=30)]
+        if with_store:
+            r = self.store().stop(timeout_s=30)
+            said.append(f"s3: {r.outcome.value}" + (f" (pid {r.pid})" if r.pid else ""))
+        return said
+
+    def status(self) -> list[str]:
+        server, worker = self.server(), self.worker()
+        out = []
+        for p in (server, worker):
+            pid = p.pid()
+            out.append(f"{p.name}: {'running (pid ' + str(pid) + ')' if pid else 'stopped'}"
+                       + (", healthy" if pid and p.healthy() else ", not answering" if pid else ""))
+        st = self.store().status()
+        out.append(f"s3: {st.state.value}" + (f" at {st.endpoint_url}" if st.endpoint_url else ""))
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m infra.local.stack", description=__doc__.split("\n\n")[0])
+    ap.add_argument("command", choices=["up", "down", "status"])
+    ap.add_argument("--no-store", action="store_true", help="leave the S3 store alone")
+    args = ap.parse_args(argv)
+    stack = Stack.of_project()
+    try:
+        if args.command == "up":
+            lines = stack.up(with_store=not args.no_store)
+        elif args.command == "down":
+            lines = stack.down(with_store=not args.no_store)
+        else:
+            lines = stack.status()
+    except (StackError, ProcessError, LocalS3Error) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""The local stack's Prefect half on free loopback ports: a real server, the deployments of
+prefect.yaml with their schedule, trigger and concurrency limit, a process worker that runs them,
+and up/down that are idempotent and recover a killed worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infra.local.procs import ManagedProcess, ProcessError
+from infra.local.stack import Stack, workers_online
+from routerops.service_process import free_port
+
+
+@pytest.fixture(scope="module")
+def stack(repo_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    clone = tmp_path_factory.mktemp("stack") / "project"
+    subprocess.run(["git", "clone", "-q", str(repo_root), str(clone)], check=True, timeout=120)
+    s = Stack(clone, free_port())
+    yield s
+    s.down(with_store=False)
+
+
+def _post(stack: Stack, path: str, body: dict) -> list[dict]:
+    r = httpx.post(f"{stack.api_url}{path}", json={"limit": 50, "offset": 0, **body}, timeout=30)
+    r.raise_for_status()
+    return list(r.json())
+
+
+def test_up_serves_the_deployments_and_a_worker(stack: Stack) -> None:
+    said = stack.up(with_store=False)
+    assert said[0].startswith("prefect-server: started (pid ") and said[-2].startswith("worker: started (pid ")
+    deps = {d["name"]: d for d in _post(stack, "/deployments/filter", {})}
+    assert sorted(deps) == ["pipeline", "price-watch", "retrain"]
+    assert all(d["path"] == str(stack.root) and d["work_pool_name"] == "routerops-local" for d in deps.values())
+    assert [s["schedule"]["cron"] for s in deps["price-watch"]["schedules"]] == ["0 6 * * *"]
+    assert deps["retrain"]["concurrency_limit"] == 1
+    assert deps["retrain"]["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    autos = _post(stack, "/automations/filter", {})
+    [auto] = [a for a in autos if a["actions"][0].get("deployment_id") == deps["retrain"]["id"]]
+    assert auto["trigger"]["expect"] == ["routerops.prices.changed"]
+    assert auto["actions"][0]["parameters"] == {"pricing_id": "{{ event.payload.new_pricing_id }}"}
+    assert workers_online(stack.api_url, "routerops-local") == [f"routerops-{stack.prefect_port}"]
+
+
+def test_up_again_changes_nothing(stack: Stack) -> None:
+    pids = (stack.server().pid(), stack.worker().pid())
+    said = stack.up(with_store=False)
+    assert said[0] == f"prefect-server: already running (pid {pids[0]})"
+    assert said[-2] == f"worker: already running (pid {pids[1]})"
+    assert len(_post(stack, "/deployments/filter", {})) == 3  # applied again: updated, not duplicated
+
+
+def test_a_killed_worker_is_seen_and_restarted(stack: Stack) -> None:
+    pid = stack.worker().pid()
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while stack.worker().pid() is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert stack.status()[1] == "worker: stopped"
+    said = stack.up(with_store=False)
+    assert said[-2].startswith("worker: started (pid ")
+
+
+def test_down_stops_both_and_is_idempotent(stack: Stack) -> None:
+    said = stack.down(with_store=False)
+    assert said[0].startswith("worker: stopped (pid ") and said[1].startswith("prefect-server: stopped (pid ")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{stack.api_url}/health", timeout=5)
+    assert stack.down(with_store=False) == ["worker: not running", "prefect-server: not running"]
+
+
+def test_a_process_that_never_gets_healthy_is_killed_with_its_log(tmp_path: Path) -> None:
+    p = ManagedProcess("sleeper", tmp_path, ["python3", "-c", "print('booting'); import time; time.sleep(60)"],
+                       lambda: False)
+    with pytest.raises(ProcessError, match=r"^sleeper: not healthy within 2 s \(exit -9\)\. Log .*sleeper\.log:\n"
+                                           r"booting$"):
+        p.start(timeout_s=2)
+    assert p.pid() is None and not p.pid_file.exists()
+
+
+def test_a_process_that_exits_at_start_fails_fast(tmp_path: Path) -> None:
+    p = ManagedProcess("quitter", tmp_path, ["python3", "-c", "import sys; print('bad flag'); sys.exit(3)"],
+                       lambda: False)
+    with pytest.raises(ProcessError, match=r"^quitter: not healthy within 60 s \(exit 3\)\. Log .*\n"
+                                           r"bad flag$"):
+        p.start(timeout_s=60)
