@@ -45,9 +45,17 @@ demo: $(STAMP)
 	$(PY) -m flows.pipeline
 
 # Stop this checkout's local S3 store, which `make demo` leaves running (docs/storage.md).
-.PHONY: stop
+.PHONY: stop up down
 stop:
 	$(PY) -m infra.local.s3 stop
+
+# The local stack (docs/retraining.md): S3 store, Prefect server, the deployments of prefect.yaml
+# and a process worker; `make down` stops all of it. Both are idempotent.
+up: $(STAMP)
+	$(PY) -m infra.local.stack up
+
+down:
+	$(PY) -m infra.local.stack down
 
 # Lint and the type checker first: a type error fails the suite in seconds, not after it.
 test: lint

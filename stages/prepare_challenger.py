@@ -40,6 +40,7 @@ __all__ = ["Inputs", "Plan", "PrepareError", "main", "prepare_workspace", "run"]
 
 WATCH_DIR = "price_watch"
 OUT_DIR = "retrain"
+PREPARED = ".dvc/tmp/routerops-prepared"  # DVC's git-ignored scratch folder
 REPRO = {"retrain": ["dvc", "repro"],
          "reprice": ["dvc", "repro", "--single-item", "evaluate_router", "package_router"]}
 
@@ -116,9 +117,10 @@ def _dvc(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def prepare_workspace(root: Path, plan: Plan, new_pool_text: str) -> bool:
     """Make (or find) the plan's worktree and set it up; True when it already existed."""
     ws = Path(plan.workspace)
-    existed = (ws / ".git").exists()
+    marker = ws / PREPARED  # written last: a workspace without it is remade from the start
+    existed = marker.is_file()
     if not existed:
-        if ws.exists():  # a half-made directory from a killed `git worktree add`
+        if ws.exists():  # half made by a killed run
             shutil.rmtree(ws)
         _git(root, "worktree", "prune")
         ws.parent.mkdir(parents=True, exist_ok=True)
@@ -127,19 +129,22 @@ def prepare_workspace(root: Path, plan: Plan, new_pool_text: str) -> bool:
     local = root / ".dvc" / "config.local"
     config = local.read_text() if local.is_file() else ""
     write_text_atomic(ws / ".dvc" / "config.local", f"{config}\n[cache]\n    dir = {root / '.dvc' / 'cache'}\n")
-    write_text_atomic(ws / "pool.yaml", new_pool_text)
-    if plan.run_budget_usd is not None:
-        p = ws / "params.yaml"
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-        raw["candidates"]["run_budget_usd"] = plan.run_budget_usd
-        write_text_atomic(p, yaml.safe_dump(raw, sort_keys=False))
     if not existed:
+        # Written once: a later watch of the same prices writes another retrieval time into its
+        # pool.yaml, which as a stage param would re-run a finished (or resuming) training.
+        write_text_atomic(ws / "pool.yaml", new_pool_text)
+        if plan.run_budget_usd is not None:
+            p = ws / "params.yaml"
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+            raw["candidates"]["run_budget_usd"] = plan.run_budget_usd
+            write_text_atomic(p, yaml.safe_dump(raw, sort_keys=False))
         out = _dvc(ws, "checkout", "--quiet")
         if out.returncode != 0:  # the local cache lacks some of the champion's outputs
             out = _dvc(ws, "pull", "--quiet")
             if out.returncode != 0:
                 raise PrepareError(f"{ws}: neither the cache nor the remote has the champion's outputs: "
                                    f"{(out.stderr or out.stdout).strip()[-2000:]}")
+        write_text_atomic(marker, plan.pricing_id)
     return existed
 
 

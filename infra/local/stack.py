@@ -15,6 +15,7 @@ in the pool); the store's S3 listing (`infra.local.s3`). Ports: params `stack.pr
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -57,9 +58,19 @@ def _api(url: str) -> Iterator[None]:
         yield
 
 
+def _doc(root: Path) -> dict[str, Any]:
+    return dict(yaml.safe_load((root / DEPLOYMENTS_FILE).read_text(encoding="utf-8")) or {})
+
+
+def _pull_steps(root: Path) -> list[dict[str, Any]]:
+    """prefect.yaml's pull steps with `{{ $ROUTEROPS_ROOT }}` made this checkout (what `prefect
+    deploy` would template from the environment)."""
+    text = json.dumps(_doc(root).get("pull") or [])
+    return list(json.loads(text.replace("{{ $ROUTEROPS_ROOT }}", str(root))))
+
+
 def _deployment_specs(root: Path) -> list[dict[str, Any]]:
-    doc = yaml.safe_load((root / DEPLOYMENTS_FILE).read_text(encoding="utf-8")) or {}
-    specs = doc.get("deployments") or []
+    specs = _doc(root).get("deployments") or []
     for d in specs:
         for key in ("name", "entrypoint", "work_pool"):
             if key not in d:
@@ -81,6 +92,7 @@ def apply_deployments(root: Path, api_url: str) -> list[str]:
     from prefect.flows import load_flow_from_entrypoint
 
     done = []
+    pull = _pull_steps(root)
     with _api(api_url):
         specs = _deployment_specs(root)
         with get_client(sync_client=True) as client:
@@ -100,8 +112,12 @@ def apply_deployments(root: Path, api_url: str) -> list[str]:
                 concurrency_limit=None if limit is None else ConcurrencyLimitConfig(**limit),
                 parameters=d.get("parameters") or {})
             dep.entrypoint = d["entrypoint"]
-            dep._path = str(root)  # the worker runs the flow from this checkout
-            dep.apply(work_pool_name=d["work_pool"]["name"])
+            dep._path = str(root)
+            deployment_id = dep.apply(work_pool_name=d["work_pool"]["name"])
+            # The pull steps put the flow run in this checkout: without them prefect 3.8's process
+            # worker copies the whole deployment path (venv and S3 data included) to a temp dir.
+            r = httpx.patch(f"{api_url}/deployments/{deployment_id}", json={"pull_steps": pull}, timeout=30)
+            r.raise_for_status()
             done.append(f"{flow.name}/{d['name']}")
     return done
 
@@ -144,7 +160,9 @@ class Stack:
 
     def _env(self) -> dict[str, str]:
         return {**_telemetry_off(), "PREFECT_HOME": str(self.state_dir / "prefect"), "PREFECT_API_URL": self.api_url,
-                "ROUTEROPS_ROOT": str(self.root),
+                "ROUTEROPS_ROOT": str(self.root), "PYTHONPATH": str(self.root),
+                # Run flows with this venv's interpreter, never an auto-provisioned `uv run`.
+                "PREFECT_RUNNER_AUTO_INSTALL_DEPENDENCIES": "false",
                 "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO")}
 
     def server(self) -> ManagedProcess:

@@ -40,7 +40,7 @@ def test_up_serves_the_deployments_and_a_worker(stack: Stack) -> None:
     assert sorted(deps) == ["pipeline", "price-watch", "retrain"]
     assert all(d["path"] == str(stack.root) and d["work_pool_name"] == "routerops-local" for d in deps.values())
     assert [s["schedule"]["cron"] for s in deps["price-watch"]["schedules"]] == ["0 6 * * *"]
-    assert deps["retrain"]["concurrency_limit"] == 1
+    assert deps["retrain"]["global_concurrency_limit"]["limit"] == 1
     assert deps["retrain"]["concurrency_options"]["collision_strategy"] == "ENQUEUE"
     autos = _post(stack, "/automations/filter", {})
     [auto] = [a for a in autos if a["actions"][0].get("deployment_id") == deps["retrain"]["id"]]
