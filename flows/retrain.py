@@ -8,8 +8,10 @@ stage the prices reach; reprice: evaluation and packaging of the same weights) -
 compare the challenger with the champion under the new prices (`stages/compare_challenger.py`),
 emit `routerops.challenger.evaluated`, and stop with `routerops.router.rejected` unless it is
 better beyond the interval -> push the workspace's outputs, register its version (parent: the
-champion), promote it (the old champion archived in the same transaction) and emit
-`routerops.router.promoted` or `routerops.router.repriced`. Every step before the promotion
+champion), switch the running service to it (`infra/local/service.py`: no request fails, the old
+backend stays up), promote it (the old champion archived in the same transaction; on failure the
+service switches back), retire the old backend, and emit `routerops.router.promoted` or
+`routerops.router.repriced`. Every step before the promotion
 writes only in the workspace and the run folder: a failure anywhere (a killed training, the S3
 store down at the push) leaves champion and registry as they were, and a re-run resumes in the
 same workspace.
@@ -23,7 +25,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.tasks import dvc_push, emit, layout, publish_file, read_metrics, run_in_workspace, run_stage
+from flows.tasks import dvc_push, emit, layout, publish_file, read_metrics, run_in_workspace, run_stage, service
 from routerops.paths import project_root
 
 
@@ -48,7 +50,15 @@ def retrain(pricing_id: str, repo: Path | None = None) -> dict[str, Any]:
             return verdict
     dvc_push(ws)
     run_in_workspace("register", ["routerops.cli", "lineage", "register"], ws)
-    run_stage("promote_router", repo, ("--pricing-id", pricing_id))
+    # The running service (when the stack serves one) moves first and can move back: the old
+    # backend answers its requests in flight and keeps running until the registry agrees.
+    service("switch", repo, read_metrics(Path(plan["package_record"]))["version"])
+    try:
+        run_stage("promote_router", repo, ("--pricing-id", pricing_id))
+    except Exception:
+        service("revert", repo)
+        raise
+    service("commit", repo)
     promotion = read_metrics(out / "promotion.json")
     emit(promotion["event"])
     return promotion

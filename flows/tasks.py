@@ -27,7 +27,7 @@ from routerops.progress import PROGRESS_ENV
 
 __all__ = ["CommandFailed", "GateFailed", "Layout", "dvc_push", "dvc_repro", "emit", "gate", "layout", "publish_file",
            "read_metrics", "register_version", "run_command", "run_in_workspace", "run_stage", "running_services",
-           "seed_data", "start_local_s3", "validate_pool"]
+           "seed_data", "service", "start_local_s3", "validate_pool"]
 
 
 class CommandFailed(RuntimeError):
@@ -174,6 +174,13 @@ def register_version(repo: Path, out_dir: Path) -> str:
     out += run_command(python_module("routerops.cli", "lineage", "show", "--markdown", str(out_dir / "lineage.md"),
                                      "--html", str(out_dir / "lineage.html")), cwd=repo)
     return out
+
+
+@task(name="service", timeout_seconds=900, task_run_name="service-{action}")
+def service(action: str, repo: Path, ref: str | None = None) -> str:
+    """`switch` the local stack's router service to a registry version, `commit` the switch (stop
+    the old backend) or `revert` it; says so and does nothing when no service is running."""
+    return run_command(python_module("infra.local.stack", "service", action, *([ref] if ref else [])), cwd=repo)
 
 
 @task(name="emit-event", timeout_seconds=30, task_run_name="emit-{spec[event]}")

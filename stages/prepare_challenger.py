@@ -33,6 +33,7 @@ import yaml
 
 from routerops.config import Params, load_params
 from routerops.io import write_json_atomic, write_text_atomic
+from routerops.packaging import RECORD_FILE
 from routerops.paths import default_params_file, project_root, runs_dir
 from routerops.registry import Registry
 
@@ -85,6 +86,7 @@ class Plan:
     workspace: str
     repro: list[str]
     run_budget_usd: float | None
+    package_record: str  # where the workspace's packaging writes the version's record
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,7 +102,8 @@ def run(params: Params, inputs: Inputs) -> Plan:
     elif action in REPRO and inputs.new_pool_text is None:
         raise PrepareError(f"the price watch decided {action} for {inputs.pricing_id} but wrote no pool.yaml")
     return Plan(inputs.pricing_id, action, reason, inputs.champion, inputs.base_commit, str(inputs.workspace),
-                REPRO.get(action, []), params.retrain.budget_usd)
+                REPRO.get(action, []), params.retrain.budget_usd,
+                str(inputs.workspace / params.package_router.out_dir / RECORD_FILE))
 
 
 def _git(root: Path, *args: str) -> str:

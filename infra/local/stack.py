@@ -1,15 +1,19 @@
 """The local stack: the S3 store, a Prefect server, the process work pool with its deployments
-(`prefect.yaml`), and a worker, all real processes on loopback.
+(`prefect.yaml`), a worker, and the router service, all real processes on loopback.
 
-`python -m infra.local.stack up|down|status` (`make up`, `make down`). `up` is idempotent: what
-runs and answers its health check is left as it is, what does not is started and waited for; the
-deployments are applied every time (an update when they exist). `down` stops the worker first
-(so no new flow run starts), then the server, then the S3 store. State, pid files and logs live
-in `.routerops/stack/` (the server's database in `.routerops/stack/prefect/`), apart from the
-demo's ephemeral Prefect home, so `make demo` and the stack never share a database.
+`python -m infra.local.stack up|down|status` (`make up`, `make down`), and `service
+switch|commit|revert|status` for the router service (`infra/local/service.py`). `up` is
+idempotent: what runs and answers its health check is left as it is, what does not is started
+and waited for; the deployments are applied every time (an update when they exist); the service
+serves the registry's champion (none is started before one is promoted). `down` stops the worker
+first (so no new flow run starts), then the router service, then the server, then the S3 store.
+State, pid files and logs live in `.routerops/stack/` (the server's database in
+`.routerops/stack/prefect/`), apart from the demo's ephemeral Prefect home, so `make demo` and
+the stack never share a database.
 
 Health checks: the server's `/api/health`; the worker's heartbeat (the server lists it ONLINE
-in the pool); the store's S3 listing (`infra.local.s3`). Ports: params `stack.prefect_port`.
+in the pool); the service's `/readyz` (each backend) and `/-/upstream` (the front door); the
+store's S3 listing (`infra.local.s3`). Ports: params `stack.prefect_port` and `serve.port`.
 """
 
 from __future__ import annotations
@@ -30,8 +34,12 @@ import yaml
 from infra.local.dvc_remote import configure_remote
 from infra.local.procs import ManagedProcess, ProcessError, http_ok
 from infra.local.s3 import LocalS3, LocalS3Error
+from infra.local.service import RouterService, ServiceStateError
 from routerops.config import load_params
+from routerops.lineage import LineageError
 from routerops.paths import default_params_file, project_root
+from routerops.registry import RegistryError
+from routerops.service_process import ServiceError
 
 __all__ = ["Stack", "StackError", "apply_deployments", "main"]
 
@@ -137,11 +145,17 @@ def workers_online(api_url: str, pool: str) -> list[str]:
 class Stack:
     root: Path
     prefect_port: int
+    service_port: int
 
     @classmethod
     def of_project(cls, root: Path | None = None) -> Stack:
         root = root or project_root()
-        return cls(root, load_params(default_params_file(root)).stack.prefect_port)
+        params = load_params(default_params_file(root))
+        return cls(root, params.stack.prefect_port, params.serve.port)
+
+    def service(self) -> RouterService:
+        artifact = load_params(default_params_file(self.root)).package_router.model_name
+        return RouterService(self.root, artifact, self.service_port, self.state_dir)
 
     @property
     def state_dir(self) -> Path:
@@ -185,7 +199,7 @@ class Stack:
     def store(self) -> LocalS3:
         return LocalS3(data_dir=self.root / ".routerops" / "s3")
 
-    def up(self, *, with_store: bool = True) -> list[str]:
+    def up(self, *, with_store: bool = True, with_service: bool = True) -> list[str]:
         said = []
         if with_store:
             store = self.store()
@@ -197,12 +211,14 @@ class Stack:
         said.append(self.server().start(timeout_s=120))
         said += [f"deployment {d}" for d in apply_deployments(self.root, self.api_url)]
         said.append(self.worker().start(timeout_s=90))
+        if with_service:
+            said += self.service().up()
         said.append(f"Prefect API: {self.api_url} (UI at http://{LOOPBACK}:{self.prefect_port}); "
                     f"`export PREFECT_API_URL={self.api_url}` to use it from a shell")
         return said
 
     def down(self, *, with_store: bool = True) -> list[str]:
-        said = [self.worker().stop(timeout_s=30), self.server().stop(timeout_s=30)]
+        said = [self.worker().stop(timeout_s=30), *self.service().down(), self.server().stop(timeout_s=30)]
         if with_store:
             r = self.store().stop(timeout_s=30)
             said.append(f"s3: {r.outcome.value}" + (f" (pid {r.pid})" if r.pid else ""))
@@ -215,6 +231,7 @@ class Stack:
             pid = p.pid()
             out.append(f"{p.name}: {'running (pid ' + str(pid) + ')' if pid else 'stopped'}"
                        + (", healthy" if pid and p.healthy() else ", not answering" if pid else ""))
+        out += self.service().status()
         st = self.store().status()
         out.append(f"s3: {st.state.value}" + (f" at {st.endpoint_url}" if st.endpoint_url else ""))
         return out
@@ -222,18 +239,27 @@ class Stack:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m infra.local.stack", description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=["up", "down", "status"])
+    ap.add_argument("command", choices=["up", "down", "status", "service"])
+    ap.add_argument("action", nargs="?", choices=["switch", "commit", "revert", "status"],
+                    help="with `service`: switch to a version (then commit or revert), or its status")
+    ap.add_argument("ref", nargs="?", help="with `service switch`: a registry version (default: champion)")
     ap.add_argument("--no-store", action="store_true", help="leave the S3 store alone")
+    ap.add_argument("--no-service", action="store_true", help="with `up`: do not start the router service")
     args = ap.parse_args(argv)
     stack = Stack.of_project()
     try:
-        if args.command == "up":
-            lines = stack.up(with_store=not args.no_store)
+        if args.command == "service":
+            svc = stack.service()
+            lines = {"switch": lambda: svc.switch(args.ref or "champion"), "commit": svc.commit,
+                     "revert": svc.revert, "status": svc.status}[args.action or "status"]()
+        elif args.command == "up":
+            lines = stack.up(with_store=not args.no_store, with_service=not args.no_service)
         elif args.command == "down":
             lines = stack.down(with_store=not args.no_store)
         else:
             lines = stack.status()
-    except (StackError, ProcessError, LocalS3Error) as exc:
+    except (StackError, ProcessError, LocalS3Error, ServiceStateError, ServiceError, RegistryError, LineageError,
+            httpx.HTTPError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print("\n".join(lines))

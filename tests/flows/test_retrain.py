@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,12 +51,13 @@ def stack(repo_root: Path, shared_data: Path, tmp_path_factory: pytest.TempPathF
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["train_router"]["local"].update(TINY)
     params["retrain"]["price_source"] = str(home / "prices.yaml")
+    params["stack"]["prefect_port"], params["serve"]["port"] = free_port(), free_port()
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (home / "prices.yaml").write_text((clone / "pool.yaml").read_text())
     saved = {k: os.environ.get(k) for k in ("ROUTEROPS_SHARED_DATA", "DVC_SITE_CACHE_DIR", "ROUTEROPS_RUNS_DIR")}
     os.environ.update(ROUTEROPS_SHARED_DATA=str(shared_data), DVC_SITE_CACHE_DIR=str(home / "dvc-site-cache"))
     os.environ.pop("ROUTEROPS_RUNS_DIR", None)
-    s = Stack(clone, free_port())
+    s = Stack.of_project(clone)
     try:
         s.up()
         yield s
@@ -179,6 +181,52 @@ def _training_pid(workspace: Path, timeout_s: float = RUN_TIMEOUT_S) -> int:
     raise AssertionError(f"no training ran in {workspace}")
 
 
+class Load:
+    """`threads` clients asking the router service one question after another (no client retry:
+    every failure counts) until stopped; keeps each reply's answering version and bill."""
+
+    def __init__(self, stack: Stack, threads: int = 2, per_thread_max: int = 500) -> None:
+        from openai import OpenAI
+
+        from routerops.keys import KeyStore
+
+        svc = stack.service()
+        key = KeyStore(svc.keys_db).create("load test").secret
+        self.client = OpenAI(base_url=f"{svc.url}/v1", api_key=key, max_retries=0, timeout=120)
+        self.stop = threading.Event()
+        self.replies: list[tuple[str, dict[str, Any]]] = []
+        self.errors: list[str] = []
+        self.threads = [threading.Thread(target=self._ask, args=(i, per_thread_max), daemon=True)
+                        for i in range(threads)]
+
+    def _ask(self, i: int, n: int) -> None:
+        for k in range(n):
+            if self.stop.is_set():
+                return
+            try:
+                raw = self.client.chat.completions.with_raw_response.create(
+                    model="routerops-router", messages=[{"role": "user", "content": QUESTIONS[(i + k) % 3]}])
+                body = raw.parse()
+                self.replies.append((raw.headers["x-routerops-upstream-version"],
+                                     dict((body.model_extra or {})["routerops"])))
+            except Exception as exc:  # every kind of failure is what this counts
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=180)
+
+
+QUESTIONS = ("who wrote the declaration of independence", "what is the capital of australia",
+             "when did the titanic sink")
+
+
 # -- the loop ----------------------------------------------------------------------------------------
 
 @pytest.mark.timeout(1200)
@@ -187,6 +235,9 @@ def test_the_pipeline_deployment_builds_the_first_champion(stack: Stack) -> None
     assert run["state_type"] == "COMPLETED", stack.worker().log_tail(40)
     _cli(stack, "lineage", "promote", "candidate")
     assert _champion(stack)["version"] == "v0.1.0"
+    # `make up` again: now there is a champion to serve
+    said = stack.up()
+    assert said[-2] == f"router service: {stack.service().url}/v1 (model routerops-router), version v0.1.0"
 
 
 @pytest.mark.timeout(300)
@@ -221,9 +272,17 @@ def test_a_uniform_change_reprices_and_survives_the_store_going_down(stack: Stac
     assert failed["parameters"] == {"pricing_id": pricing}
     assert failed["state_type"] == "FAILED"  # at `dvc push`: nothing registered, nothing promoted
     assert [v["version"] for v in _versions(stack)] == ["v0.1.0"] and _champion(stack)["version"] == "v0.1.0"
+    assert stack.service().status()[0].endswith(f"serving v0.1.0 ({_record(stack, 'v0.1.0')['version']}) on port "
+                                                f"{stack.service().state()['current']['port']}")  # type: ignore[index]
     stack.store().start(timeout_s=90)
-    again = _wait(stack, _start(stack, "retrain", pricing_id=pricing))
+    with Load(stack) as load:  # a steady load through the switch
+        again = _wait(stack, _start(stack, "retrain", pricing_id=pricing))
+        seen = len(load.replies)
+        deadline = time.monotonic() + 120
+        while len(load.replies) < seen + 4 and time.monotonic() < deadline:
+            time.sleep(0.2)  # a few answers after the promotion
     assert again["state_type"] == "COMPLETED", stack.worker().log_tail(60)
+    assert load.errors == [], load.errors[:5]
     promotion = json.loads((stack.root / "runs" / "retrain" / pricing / "promotion.json").read_text())
     assert (promotion["action"], promotion["champion"], promotion["replaced"]) == ("reprice", "v0.2.0", "v0.1.0")
     old, new = _record(stack, "v0.1.0"), _record(stack, "v0.2.0")
@@ -233,6 +292,20 @@ def test_a_uniform_change_reprices_and_survives_the_store_going_down(stack: Stac
     [event] = _events(stack, "routerops.router.repriced")
     assert event["payload"]["semver"] == "v0.2.0"
     assert {v["version"]: v["stage"] for v in _versions(stack)} == {"v0.1.0": "archived", "v0.2.0": "champion"}
+    # every request succeeded, each answered and billed by one version at that version's prices
+    by_version = {r["version"]: r for r in (old, new)}
+    answered = [version for version, _ in load.replies]
+    assert set(answered) == {old["version"], new["version"]}
+    assert answered[-4:] == [new["version"]] * 4  # and the service ends on the new one
+    assert stack.service().status()[0].split("serving ")[1].startswith(f"v0.2.0 ({new['version']})")
+    for version, bill in load.replies:
+        record = by_version[version]
+        assert (bill["router_version"], bill["pricing_id"]) == (version, record["prices"]["pricing_id"])
+        for call in bill["calls"]:
+            price = record["prices"]["usd_per_mtok"][call["model"]]["output"]
+            assert call["usd"] == pytest.approx(call["completion_tokens"] * price / 1e6, rel=1e-9, abs=1e-15)
+    print(f"\nswitch under load: {len(load.replies)} requests, {len(load.errors)} failed, "
+          f"{answered.count(old['version'])} by {old['version']}, {answered.count(new['version'])} by {new['version']}")
 
 
 @pytest.mark.timeout(1800)
@@ -247,6 +320,8 @@ def test_a_relative_change_retrains_recovers_from_a_killed_training_and_decides(
     os.kill(_training_pid(stack.root / ".routerops" / "challengers" / pricing), signal.SIGKILL)
     assert _wait(stack, triggered["id"])["state_type"] == "FAILED"
     assert _champion(stack)["version"] == "v0.2.0" and len(_versions(stack)) == 2
+    served = stack.service().state()
+    assert served is not None and served["current"]["semver"] == "v0.2.0" and served["previous"] is None
     again = _wait(stack, _start(stack, "retrain", pricing_id=pricing))
     assert again["state_type"] == "COMPLETED", stack.worker().log_tail(60)
     result = json.loads((stack.root / "runs" / "retrain" / pricing / "comparison.json").read_text())
@@ -262,3 +337,6 @@ def test_a_relative_change_retrains_recovers_from_a_killed_training_and_decides(
         assert _champion(stack)["version"] == "v0.2.0" and len(_versions(stack)) == 2
         [rejected] = _events(stack, "routerops.router.rejected")
         assert rejected["payload"]["reason"] == result["reason"]
+    # the service serves whichever version is champion now
+    served = stack.service().state()
+    assert served is not None and served["current"]["semver"] == _champion(stack)["version"]

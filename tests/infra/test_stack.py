@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from infra.local.procs import ManagedProcess, ProcessError
 from infra.local.stack import Stack, workers_online
@@ -22,7 +23,14 @@ from routerops.service_process import free_port
 def stack(repo_root: Path, tmp_path_factory: pytest.TempPathFactory):
     clone = tmp_path_factory.mktemp("stack") / "project"
     subprocess.run(["git", "clone", "-q", str(repo_root), str(clone)], check=True, timeout=120)
-    s = Stack(clone, free_port())
+    tags = subprocess.run(["git", "tag", "--list", "routerops-router*"], cwd=clone, capture_output=True, text=True,
+                          check=True).stdout.split()
+    if tags:  # a registry of its own, with no champion to serve
+        subprocess.run(["git", "tag", "-d", *tags], cwd=clone, capture_output=True, check=True)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["stack"]["prefect_port"], params["serve"]["port"] = free_port(), free_port()
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    s = Stack.of_project(clone)
     yield s
     s.down(with_store=False)
 
@@ -35,7 +43,8 @@ def _post(stack: Stack, path: str, body: dict) -> list[dict]:
 
 def test_up_serves_the_deployments_and_a_worker(stack: Stack) -> None:
     said = stack.up(with_store=False)
-    assert said[0].startswith("prefect-server: started (pid ") and said[-2].startswith("worker: started (pid ")
+    assert said[0].startswith("prefect-server: started (pid ") and said[-3].startswith("worker: started (pid ")
+    assert said[-2] == "service: no champion registered (`routerops lineage promote`); not started"
     deps = {d["name"]: d for d in _post(stack, "/deployments/filter", {})}
     assert sorted(deps) == ["pipeline", "price-watch", "retrain"]
     assert all(d["path"] == str(stack.root) and d["work_pool_name"] == "routerops-local" for d in deps.values())
@@ -53,7 +62,7 @@ def test_up_again_changes_nothing(stack: Stack) -> None:
     pids = (stack.server().pid(), stack.worker().pid())
     said = stack.up(with_store=False)
     assert said[0] == f"prefect-server: already running (pid {pids[0]})"
-    assert said[-2] == f"worker: already running (pid {pids[1]})"
+    assert said[-3] == f"worker: already running (pid {pids[1]})"
     assert len(_post(stack, "/deployments/filter", {})) == 3  # applied again: updated, not duplicated
 
 
@@ -64,17 +73,19 @@ def test_a_killed_worker_is_seen_and_restarted(stack: Stack) -> None:
     deadline = time.monotonic() + 30
     while stack.worker().pid() is not None and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert stack.status()[1] == "worker: stopped"
+    assert stack.status()[1:3] == ["worker: stopped", "service: stopped"]
     said = stack.up(with_store=False)
-    assert said[-2].startswith("worker: started (pid ")
+    assert said[-3].startswith("worker: started (pid ")
 
 
 def test_down_stops_both_and_is_idempotent(stack: Stack) -> None:
     said = stack.down(with_store=False)
-    assert said[0].startswith("worker: stopped (pid ") and said[1].startswith("prefect-server: stopped (pid ")
+    assert said[0].startswith("worker: stopped (pid ") and said[1] == "front: not running"
+    assert said[2].startswith("prefect-server: stopped (pid ")
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{stack.api_url}/health", timeout=5)
-    assert stack.down(with_store=False) == ["worker: not running", "prefect-server: not running"]
+    assert stack.down(with_store=False) == ["worker: not running", "front: not running",
+                                            "prefect-server: not running"]
 
 
 def test_a_process_that_never_gets_healthy_is_killed_with_its_log(tmp_path: Path) -> None:
