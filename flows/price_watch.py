@@ -1,5 +1,5 @@
-"""The price watch (`python -m flows.price_watch`; meant to run daily, its Prefect deployment is
-not built yet): read the current price list, measure a change against the champion with zero
+"""The price watch (`python -m flows.price_watch`; the `price-watch` deployment in `prefect.yaml`
+runs it daily): read the current price list, measure a change against the champion with zero
 candidate calls, publish the impact and the decision, and emit `routerops.prices.changed`
 (carrying the new pricing id and the decision) when a price moved. Orchestration only:
 `stages/watch_prices.py` computes and writes every number.

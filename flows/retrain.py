@@ -65,7 +65,8 @@ def retrain(pricing_id: str, repo: Path | None = None) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m flows.retrain", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m flows.retrain",
+                                 description="Build what a price change calls for; promote it only when it earns it.")
     ap.add_argument("--pricing-id", required=True)
     retrain(ap.parse_args().pricing_id)
 

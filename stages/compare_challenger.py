@@ -29,7 +29,7 @@ from routerops.paths import default_params_file, project_root, runs_dir
 from routerops.pool import Pool, load_pool
 from routerops.remote import DvcS3Remote, read_remote_config
 
-__all__ = ["EVALUATED_EVENT", "REJECTED_EVENT", "Inputs", "Outputs", "main", "run"]
+__all__ = ["EVALUATED_EVENT", "REJECTED_EVENT", "Inputs", "Outputs", "main", "run", "write"]
 
 EVALUATED_EVENT = "routerops.challenger.evaluated"
 REJECTED_EVENT = "routerops.router.rejected"
@@ -89,6 +89,12 @@ def run(params: Params, inputs: Inputs) -> Outputs:
     return Outputs(c, result, md)
 
 
+def write(out: Outputs, out_dir: Path) -> None:
+    # The markdown first: the flow reads comparison.json as the stage's marker.
+    write_text_atomic(out_dir / "comparison.md", out.markdown)
+    write_json_atomic(out_dir / "comparison.json", out.result)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m stages.compare_challenger", description=__doc__.split("\n\n")[0])
     ap.add_argument("--pricing-id", required=True)
@@ -100,9 +106,7 @@ def main() -> None:
     except (ComparisonError, LineageError, RemoteUnavailable, ObjectMissing, FileNotFoundError) as exc:
         sys.stderr.write(f"compare_challenger: {exc}\n")
         raise SystemExit(1) from None
-    out_dir = runs_dir(root) / OUT_DIR / args.pricing_id
-    write_text_atomic(out_dir / "comparison.md", out.markdown)
-    write_json_atomic(out_dir / "comparison.json", out.result)
+    write(out, runs_dir(root) / OUT_DIR / args.pricing_id)
     sys.stdout.write(out.markdown)
 
 

@@ -37,7 +37,7 @@ from routerops.packaging import RECORD_FILE
 from routerops.paths import default_params_file, project_root, runs_dir
 from routerops.registry import Registry
 
-__all__ = ["Inputs", "Plan", "PrepareError", "main", "prepare_workspace", "run"]
+__all__ = ["Inputs", "Outputs", "PrepareError", "main", "prepare_workspace", "run", "write"]
 
 WATCH_DIR = "price_watch"
 OUT_DIR = "retrain"
@@ -77,7 +77,9 @@ class Inputs:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Outputs:
+    """The plan (`plan.json`)."""
+
     pricing_id: str
     action: str  # retrain, reprice, or superseded / none (nothing to build)
     reason: str
@@ -92,7 +94,7 @@ class Plan:
         return asdict(self)
 
 
-def run(params: Params, inputs: Inputs) -> Plan:
+def run(params: Params, inputs: Inputs) -> Outputs:
     w = inputs.watch
     action, reason = w.get("decision", "none"), str(w.get("reason", ""))
     if w.get("new_pricing_id") != inputs.pricing_id:
@@ -101,7 +103,7 @@ def run(params: Params, inputs: Inputs) -> Plan:
                                         "retrain")
     elif action in REPRO and inputs.new_pool_text is None:
         raise PrepareError(f"the price watch decided {action} for {inputs.pricing_id} but wrote no pool.yaml")
-    return Plan(inputs.pricing_id, action, reason, inputs.champion, inputs.base_commit, str(inputs.workspace),
+    return Outputs(inputs.pricing_id, action, reason, inputs.champion, inputs.base_commit, str(inputs.workspace),
                 REPRO.get(action, []), params.retrain.budget_usd,
                 str(inputs.workspace / params.package_router.out_dir / RECORD_FILE))
 
@@ -117,7 +119,7 @@ def _dvc(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ws, capture_output=True, text=True, timeout=1800)
 
 
-def prepare_workspace(root: Path, plan: Plan, new_pool_text: str) -> bool:
+def prepare_workspace(root: Path, plan: Outputs, new_pool_text: str) -> bool:
     """Make (or find) the plan's worktree and set it up; True when it already existed."""
     ws = Path(plan.workspace)
     marker = ws / PREPARED  # written last: a workspace without it is remade from the start
@@ -151,6 +153,16 @@ def prepare_workspace(root: Path, plan: Plan, new_pool_text: str) -> bool:
     return existed
 
 
+def write(plan: Outputs, root: Path, new_pool_text: str | None) -> bool:
+    """Prepare the plan's workspace when it builds anything, then write `plan.json` (last: the
+    flow reads it as the stage's marker). True when the workspace already existed (a resume)."""
+    resumed = prepare_workspace(root, plan, new_pool_text or "") if plan.repro else False
+    out_dir = runs_dir(root) / OUT_DIR / plan.pricing_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "plan.json", plan.as_json())
+    return resumed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m stages.prepare_challenger", description=__doc__.split("\n\n")[0])
     ap.add_argument("--pricing-id", required=True, help="the new pricing id (the event's payload)")
@@ -160,13 +172,10 @@ def main() -> None:
     try:
         inputs = Inputs.of_project(root, params, args.pricing_id)
         plan = run(params, inputs)
-        resumed = prepare_workspace(root, plan, inputs.new_pool_text or "") if plan.repro else False
+        resumed = write(plan, root, inputs.new_pool_text)
     except PrepareError as exc:
         sys.stderr.write(f"prepare_challenger: {exc}\n")
         raise SystemExit(1) from None
-    out_dir = runs_dir(root) / OUT_DIR / plan.pricing_id
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "plan.json", plan.as_json())
     sys.stdout.write(f"{plan.action} for pricing {plan.pricing_id}: {plan.reason}\n"
                      + (f"workspace {plan.workspace} ({'resumed' if resumed else 'new'}, at {plan.base_commit[:12]}); "
                         f"run there: {' '.join(plan.repro)}\n" if plan.repro else ""))
