@@ -68,7 +68,8 @@ def measure(params: Params, pool: Pool, trained: TrainResult, questions: Sequenc
                                      concurrency=episodes, generator=gen, tokenizer=tok, pool=pool,
                                      backend=replay, limits=params.router_limits()))
     scores, _ = score_batch([ScoreItem(t.segments, t.question.golden_answers, t.usages()) for t in trajs],
-                            pool, params.rewards.alpha, SlidingWindowNormalizer(), params.rewards.outcome)
+                            pool, params.rewards.alpha, SlidingWindowNormalizer(), params.rewards.outcome,
+                            params.rewards.include_prompt_cost, params.rollout.format.rules())
     calls = Counter(c.model for t in trajs for c in t.calls if c.ok)
     total = sum(calls.values()) or 1
     return {"shares": {c.name: calls[c.name] / total for c in pool}, "em": sum(s.em for s in scores) / episodes,

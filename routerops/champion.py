@@ -4,20 +4,22 @@ A price change is measured against the router that is in production, not against
 workspace holds: after a retrain promotes a challenger, the workspace still has the old prices,
 and measuring against it would find the same change again every day. The registry's champion
 pins `pool.yaml` and `dvc.lock` in its lineage commit (`routerops.registry`); the evaluation's
-trajectories are read by their md5 from the local DVC cache, or from the remote when the cache
-lacks them (another machine, a fresh clone). With no champion registered yet, the workspace
+trajectories and kNN evidence are read by their md5 from the local DVC cache, or from the remote
+when the cache lacks them (another machine, a fresh clone). With no champion registered yet, the workspace
 stands in, and the state says so.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from routerops.evaluation import KNN_FILES, KnnEvidence
 from routerops.lineage import LineageError, ObjectSource, digest_stream, lock_artifact
 from routerops.pool import Pool, load_pool, parse_pool
 from routerops.registry import GitRepo, Registry
@@ -74,7 +76,11 @@ class ChampionState:
     router_version: str | None
     pool: Pool
     pool_text: str
-    trajectories: Path
+    trajectories: Path  # the evaluation's records; its kNN evidence, when kept, lies beside
+
+    @property
+    def knn(self) -> KnnEvidence | None:
+        return KnnEvidence.read(self.trajectories.parent)
 
     @property
     def described(self) -> str:
@@ -105,8 +111,15 @@ def read_champion(root: Path, artifact: str, eval_out_dir: str, scratch: Path,
     where = f"pool.yaml at {champion.commit[:12]} (champion {champion.semver})"
     pool = parse_pool(yaml.safe_load(text), where)
     evaluation = lock_artifact(yaml.safe_load(lock_bytes), EVAL_STAGE, eval_out_dir)
-    listing = json.loads(objects.get(evaluation.md5))
-    md5 = next((e["md5"] for e in listing if e["relpath"] == TRAJECTORIES), None)
-    if md5 is None:
+    listing = {e["relpath"]: e["md5"] for e in json.loads(objects.get(evaluation.md5))}
+    if TRAJECTORIES not in listing:
         raise LineageError(f"champion {champion.semver}: its evaluation {evaluation.md5} holds no {TRAJECTORIES}")
-    return ChampionState(champion.semver, champion.router_version, pool, text, objects.path(md5, scratch))
+    # The files under their own names in one folder per evaluation, as `evaluate_router` wrote them.
+    folder = scratch / evaluation.md5.removesuffix(".dir")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (TRAJECTORIES, *KNN_FILES):
+        if name in listing and not (folder / name).is_file():
+            tmp = folder / f".{name}.tmp"
+            shutil.copyfile(objects.path(listing[name], scratch), tmp)
+            tmp.replace(folder / name)
+    return ChampionState(champion.semver, champion.router_version, pool, text, folder / TRAJECTORIES)

@@ -127,7 +127,7 @@ def prices_impact(
     """What new prices do to the champion, with zero candidate calls: USD per question per system,
     the cost-aware objective, the cheapest correct model per question; and the decision (none,
     reprice or retrain, by params `retrain`). Exits 0 whatever the decision."""
-    from routerops.evaluation import read_records
+    from routerops.evaluation import KnnEvidence, read_records
     from routerops.price_impact import RetrainRule, assess, render_impact
 
     params = _project_params()
@@ -138,6 +138,7 @@ def prices_impact(
     records = read_records(trajectories)
     try:
         impact = assess(records, old, new, alpha=params.rewards.alpha, rule=RetrainRule.of(params.retrain),
+                        seed=params.evaluate_router.seed, knn=KnnEvidence.read(trajectories.parent),
                         include_prompt=params.rewards.include_prompt_cost)
     except ValueError as exc:
         raise _fail(str(exc), 1) from None
@@ -212,13 +213,19 @@ def score(
     cost_bounds: Annotated[str | None, typer.Option(help="P5,P95 of sqrt(USD) for frozen normalisation")] = None,
     include_prompt: Annotated[bool, typer.Option(help="add prompt tokens x input price to cost")] = False,
     pool_file: Annotated[Path | None, typer.Option("--pool")] = None,
+    params_file: Annotated[Path | None, typer.Option("--params", help="format rules from rollout.format")] = None,
 ) -> None:
     """Score responses offline; one JSON breakdown per input line.
 
-    Without --cost-bounds the file is one batch for Router-R1's sliding-window normaliser.
+    Without --cost-bounds the file is one batch for Router-R1's sliding-window normaliser. The
+    format rules are the params' (`rollout.format`; the project's params.yaml by default).
     """
     if outcome not in ("em", "f1"):
         raise _fail(f"--outcome must be em or f1, got {outcome!r}")
+    try:
+        rules = load_params(params_file or default_params_file()).rollout.format.rules()
+    except ParamsError as exc:
+        raise _fail(str(exc), 1) from None
     pool = _load_pool(pool_file)
     try:
         lines = read_score_lines(file, pool)
@@ -236,7 +243,7 @@ def score(
              for ln in lines]
     mode: Literal["em", "f1"] = "em" if outcome == "em" else "f1"
     alphas = [ln.alpha if ln.alpha is not None else alpha for ln in lines]
-    results, _ = score_batch(items, pool, alphas, normalizer, mode, include_prompt)
+    results, _ = score_batch(items, pool, alphas, normalizer, mode, include_prompt, rules)
     for a, r in zip(alphas, results, strict=True):
         sys.stdout.write(json.dumps(r.as_dict() | {"alpha": a}) + "\n")
 
@@ -419,15 +426,17 @@ def eval_reprice(
     plot: Annotated[Path | None, typer.Option(help="where to draw the repriced Pareto plot")] = None,
     include_prompt: Annotated[bool, typer.Option(help="add prompt tokens x input price")] = False,
 ) -> None:
-    """Recompute every cost metric and the Pareto plot under new prices from the stored
-    trajectories. No candidate is called: costs are stored token counts x the new prices."""
-    from routerops.evaluation import aggregate, read_records, reprice_records
+    """Recompute every metric and the Pareto plot under new prices from the stored trajectories.
+    No candidate is called: costs are stored token counts x the new prices, and cheapest, most
+    expensive, oracle and kNN choose again from the recorded single calls."""
+    from routerops.evaluation import KnnEvidence, aggregate, read_records, reprice_records
     from routerops.report import pareto_plot
 
     try:
-        out_dir = project_root() / load_params(default_params_file()).evaluate_router.out_dir
+        params = load_params(default_params_file())
     except ParamsError as exc:
         raise _fail(str(exc), 1) from None
+    out_dir = project_root() / params.evaluate_router.out_dir
     trajectories = trajectories or out_dir / "trajectories.parquet"
     if not trajectories.is_file():
         raise _fail(f"{trajectories}: no evaluation trajectories; run `dvc repro evaluate_router` first", 1)
@@ -436,17 +445,23 @@ def eval_reprice(
     unpriced = sorted({c.model for r in records for c in r.calls if c.ok} - set(new.names))
     if unpriced:
         raise _fail(f"{pool}: no price for model(s) {', '.join(unpriced)} that the evaluation called", 1)
+    knn = KnnEvidence.read(trajectories.parent)
     before = {m.system: m for m in aggregate(records, old, include_prompt) if m.data_source == "average"}
-    after = [m for m in reprice_records(records, new, include_prompt)]
+    try:
+        after = reprice_records(records, new, include_prompt, seed=params.evaluate_router.seed, knn=knn)
+    except (KeyError, ValueError) as exc:
+        raise _fail(str(exc), 1) from None
     after_avg = {m.system: m for m in after if m.data_source == "average"}
     typer.echo(f"repriced {len(records)} records from {trajectories.name}: {old.pricing.label} -> "
-               f"{new.pricing.label} (0 candidate calls)")
-    typer.echo(f"{'system':<34} {'EM':>6} {'micro-USD/q old':>16} {'new':>10} {'change':>8}")
+               f"{new.pricing.label} (0 candidate calls); cheapest, most expensive, oracle"
+               + (" and kNN choose again" if knn else " choose again; kNN keeps its choices (no knn.json beside "
+                                                       "the trajectories)"))
+    typer.echo(f"{'system':<34} {'EM old':>6} {'new':>6} {'micro-USD/q old':>16} {'new':>10} {'change':>8}")
     for s in sorted(before):
         b, a = before[s], after_avg[s]
         change = (a.usd_per_question / b.usd_per_question - 1) * 100 if b.usd_per_question else 0.0
-        typer.echo(f"{s:<34} {b.em:>6.3f} {b.usd_per_question * 1e6:>16.1f} {a.usd_per_question * 1e6:>10.1f} "
-                   f"{change:>+7.1f}%")
+        typer.echo(f"{s:<34} {b.em:>6.3f} {a.em:>6.3f} {b.usd_per_question * 1e6:>16.1f} "
+                   f"{a.usd_per_question * 1e6:>10.1f} {change:>+7.1f}%")
     target = plot or trajectories.parent / f"pareto-{new.pricing.id}.png"
     pareto_plot(after, target, title=f"EM vs cost, repriced ({new.pricing.label})")
     typer.echo(f"Pareto plot under the new prices: {target}")

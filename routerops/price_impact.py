@@ -3,7 +3,9 @@
 From the champion's evaluation records (every system's calls with their token counts), under the
 old and the new prices:
 
-- USD per question of every system (macro-averaged over benchmarks, as the evaluation reports);
+- EM and USD per question of every system (macro-averaged over benchmarks, as the evaluation
+  reports), the price-based baselines (cheapest, most expensive, oracle, kNN) choosing again under
+  the new prices from the recorded single calls;
 - the champion's cost-aware objective: its mean Router-R1 reward (format -1, wrong 0, correct
   (1 - alpha) + alpha x cost_norm) with the cost normaliser's bounds calibrated on the costs of
   every system's records under the same prices. Router-R1's normaliser is relative, so prices
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from routerops.config import RetrainParams
-from routerops.evaluation import EvalRecord, aggregate, oracle_choice
+from routerops.evaluation import EvalRecord, KnnEvidence, aggregate, oracle_choice, with_baselines
 from routerops.pool import Pool
 from routerops.rewards import FrozenBoundsNormalizer, combine
 
@@ -53,6 +55,7 @@ class SystemImpact:
     em: float
     usd_before: float
     usd_after: float
+    em_after: float  # differs from `em` only for a system that chose again
 
 
 @dataclass(frozen=True)
@@ -115,20 +118,23 @@ def _price_changes(old: Pool, new: Pool) -> int:
     return n
 
 
-def assess(records: Sequence[EvalRecord], old: Pool, new: Pool, *, alpha: float, rule: RetrainRule,
-           include_prompt: bool = False) -> Impact:
+def assess(records: Sequence[EvalRecord], old: Pool, new: Pool, *, alpha: float, rule: RetrainRule, seed: int,
+           knn: KnnEvidence | None = None, include_prompt: bool = False) -> Impact:
     """The impact of moving from `old` to `new` prices on the evaluation in `records`, and the
-    decision. Every number is recomputed from stored token counts: no candidate is called."""
+    decision. Every number is recomputed from stored token counts: no candidate is called. `seed`
+    and `knn` are the evaluation's (its random baseline's seed, the kNN fit evidence)."""
     missing = sorted({c.model for r in records for c in r.calls if c.ok} - set(new.names))
     if missing:
         raise ValueError(f"{new.source_file}: no price for model(s) {', '.join(missing)} that the evaluation called")
-    before = {m.system: m for m in aggregate(records, old, include_prompt) if m.data_source == "average"}
-    after = {m.system: m for m in aggregate(records, new, include_prompt) if m.data_source == "average"}
-    systems = tuple(SystemImpact(s, before[s].em, before[s].usd_per_question, after[s].usd_per_question)
-                    for s in sorted(before))
+    old_records = with_baselines(records, old, seed=seed, knn=knn, include_prompt=include_prompt)
+    new_records = with_baselines(records, new, seed=seed, knn=knn, include_prompt=include_prompt)
+    before = {m.system: m for m in aggregate(old_records, old, include_prompt) if m.data_source == "average"}
+    after = {m.system: m for m in aggregate(new_records, new, include_prompt) if m.data_source == "average"}
+    systems = tuple(SystemImpact(s, before[s].em, before[s].usd_per_question, after[s].usd_per_question,
+                                 after[s].em) for s in sorted(before))
     router = [r for r in records if r.system == ROUTER]
-    obj_before = _objective(router, records, old, alpha, include_prompt)
-    obj_after = _objective(router, records, new, alpha, include_prompt)
+    obj_before = _objective(router, old_records, old, alpha, include_prompt)
+    obj_after = _objective(router, new_records, new, alpha, include_prompt)
     choice_before, choice_after = _cheapest_correct(records, old), _cheapest_correct(records, new)
     changed = [(q, m, choice_after[q]) for q, m in choice_before.items() if choice_after[q] != m]
     n_prices = _price_changes(old, new)
@@ -164,8 +170,12 @@ def render_impact(impact: Impact, old_label: str, new_label: str) -> str:
              f"- cheapest correct model changed on {i.cheapest_correct_changed} of {i.answerable} answerable "
              f"questions ({i.changed_share:.1%})"]
     lines += [f"  - {q}: {a} -> {b}" for q, a, b in i.changed_examples]
-    lines += ["", "| system | EM | micro-USD/question before | after | change |", "|---|---:|---:|---:|---:|"]
+    lines += ["", "Cheapest, most expensive, oracle and kNN choose again under the new prices; the router's "
+              "and each single model's calls are re-costed.", "",
+              "| system | EM before | after | micro-USD/question before | after | change |",
+              "|---|---:|---:|---:|---:|---:|"]
     for s in i.systems:
         change = f"{(s.usd_after / s.usd_before - 1) * 100:+.1f}%" if s.usd_before else "n/a"
-        lines.append(f"| {s.system} | {s.em:.3f} | {s.usd_before * 1e6:.2f} | {s.usd_after * 1e6:.2f} | {change} |")
+        lines.append(f"| {s.system} | {s.em:.3f} | {s.em_after:.3f} | {s.usd_before * 1e6:.2f} | "
+                     f"{s.usd_after * 1e6:.2f} | {change} |")
     return "\n".join(lines) + "\n"

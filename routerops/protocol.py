@@ -18,9 +18,11 @@ from routerops.pool import Pool
 from routerops.tokens import Tokenizer, decode_text
 
 __all__ = [
+    "ROUTER_R1",
     "Action",
     "Answer",
     "FormatResult",
+    "FormatRules",
     "Invalid",
     "InvalidReason",
     "NoAction",
@@ -46,16 +48,36 @@ _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 # Any protocol-looking tag inside a candidate reply, including ones with attributes or spaces.
 _REPLY_TAG_RE = re.compile(r"<\s*(/?)\s*(think|search|information|answer)\b[^>]*>", re.IGNORECASE)
 
-# Text a policy copies from the instructions instead of filling in (our prompt shows
-# "<search>MODEL-NAME: your sub-question</search>"). Compared after casefolding and stripping.
-PLACEHOLDERS = frozenset(
-    {
-        "model-name", "model name", "model", "name", "llm-name", "llm name", "llm",
-        "your sub-question", "sub-question", "subquestion", "your question", "question",
-        "query", "your query", "...", "…", "xxx", "todo", "tbd",
-    }
-)
-_BRACKETED_RE = re.compile(r"^[\[{<(].*[\]}>)]$")
+
+
+@dataclass(frozen=True)
+class FormatRules:
+    """The format rules' options (params `rollout.format`). The defaults are Router-R1's code;
+    each option set otherwise is a named deviation (docs/scoring.md lists them all).
+
+    `placeholders`: a search whose content contains one of these (case-insensitive) copies the
+    prompt instead of filling it in: it is not executed and scores -1. Router-R1 flags its
+    prompt's literals `llm-name` and `your-query`; ours shows `MODEL-NAME: your sub-question`,
+    so the defaults hold both prompts' literals.
+    `forbid_stray_text`: Router-R1 accepts text between blocks; True makes it -1.
+    `empty_answer_invalid`: Router-R1 has no rule for `<answer></answer>` (it is valid and
+    wrong); True makes it -1.
+    """
+
+    placeholders: tuple[str, ...] = ("llm-name", "your-query", "model-name", "your sub-question")
+    forbid_stray_text: bool = False
+    empty_answer_invalid: bool = False
+
+    def __post_init__(self) -> None:
+        if any(not p.strip() for p in self.placeholders):
+            raise ValueError("a placeholder must not be empty: it would flag every search")
+        object.__setattr__(self, "placeholders", tuple(p.casefold() for p in self.placeholders))
+
+
+ROUTER_R1 = FormatRules()
+
+# Router-R1 punishes a think block whose stripped content is one of these.
+_EMPTY_THINK = frozenset({"", "..."})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,13 +131,11 @@ class NoAction:
 Action = Route | UnknownModel | Invalid | Answer | NoAction
 
 
-def _is_placeholder(text: str) -> bool:
-    t = " ".join(text.split()).casefold()
-    return t in PLACEHOLDERS or bool(_BRACKETED_RE.match(t))
-
-
-def parse_search(content: str, pool: Pool) -> Route | UnknownModel | Invalid:
-    """Parse the inside of a <search> block: exactly one colon, `NAME: query`."""
+def parse_search(content: str, pool: Pool, rules: FormatRules = ROUTER_R1) -> Route | UnknownModel | Invalid:
+    """Parse the inside of a <search> block: no placeholder, exactly one colon, `NAME: query`."""
+    folded = content.casefold()
+    if any(p in folded for p in rules.placeholders):
+        return Invalid(InvalidReason.PLACEHOLDER, content)
     colons = content.count(":")
     if colons == 0:
         return Invalid(InvalidReason.NO_COLON, content)
@@ -126,22 +146,20 @@ def parse_search(content: str, pool: Pool) -> Route | UnknownModel | Invalid:
         return Invalid(InvalidReason.EMPTY_MODEL, content)
     if not query:
         return Invalid(InvalidReason.EMPTY_QUERY, content)
-    if _is_placeholder(name) or _is_placeholder(query):
-        return Invalid(InvalidReason.PLACEHOLDER, content)
     cand = pool.resolve(name)
     if cand is None:
         return UnknownModel(name, query)
     return Route(cand.name, query, name)
 
 
-def parse_turn(text: str, pool: Pool) -> Action:
+def parse_turn(text: str, pool: Pool, rules: FormatRules = ROUTER_R1) -> Action:
     """The action of one policy turn: its first complete <search> or <answer> block."""
     m = _ACTION_RE.search(text)
     if m is None:
         return NoAction()
     if m.group(1) == "answer":
         return Answer(m.group(2).strip())
-    return parse_search(m.group(2), pool)
+    return parse_search(m.group(2), pool, rules)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,6 +236,7 @@ class ViolationCode(enum.StrEnum):
     INFORMATION_WITHOUT_SEARCH = "information_without_search"
     MALFORMED_INFORMATION = "malformed_information"
     NO_THINK = "no_think"
+    EMPTY_THINK = "empty_think"
     NO_ANSWER = "no_answer"
     MULTIPLE_ANSWERS = "multiple_answers"
     TEXT_AFTER_ANSWER = "text_after_answer"
@@ -228,6 +247,7 @@ class ViolationCode(enum.StrEnum):
     SEARCH_EMPTY_QUERY = "search_empty_query"
     SEARCH_PLACEHOLDER = "search_placeholder"
     SEARCH_UNKNOWN_MODEL = "search_unknown_model"
+    SEARCH_NAME_IN_QUERY = "search_name_in_query"
 
 
 _INVALID_TO_VIOLATION = {
@@ -283,13 +303,14 @@ def _events(segments: Sequence[Segment]) -> list[_Event]:
     return events
 
 
-def check_format(response: str | Sequence[Segment], pool: Pool) -> FormatResult:
+def check_format(response: str | Sequence[Segment], pool: Pool, rules: FormatRules = ROUTER_R1) -> FormatResult:
     """Router-R1's format rules over the policy's text; all violations, first one first.
 
-    Valid means: starts with <think>; blocks are balanced and never nested; only white space
-    between blocks; at least one think; every search is followed by its information block and
-    names exactly one known model with one colon, a non-empty query and no placeholder; exactly
-    one answer, last, with nothing after it.
+    Valid means: starts with <think>; blocks are balanced and never nested; at least one think,
+    none empty or only `...`; every search is followed by its information block, holds no
+    placeholder and names exactly one known model with one colon and a non-empty query that does
+    not contain the name it routes to; exactly one answer, last, with nothing after it. `rules`
+    adds the deviations it names (text between blocks, an empty answer).
     """
     segments = split_segments(response) if isinstance(response, str) else list(response)
     events = _events(segments)
@@ -317,7 +338,7 @@ def check_format(response: str | Sequence[Segment], pool: Pool) -> FormatResult:
         if ev.kind == "text":
             if open_tag is not None:
                 body.append(ev.text)
-            elif ev.text.strip() and i < final_close:
+            elif rules.forbid_stray_text and ev.text.strip() and i < final_close:
                 add(ViolationCode.STRAY_TEXT, f"text outside any block: {ev.text.strip()[:40]!r}")
             continue
         if pending_search and ev.kind != "obs":
@@ -349,16 +370,22 @@ def check_format(response: str | Sequence[Segment], pool: Pool) -> FormatResult:
         content = "".join(body)
         if ev.tag == "think":
             thinks += 1
+            if content.strip() in _EMPTY_THINK:
+                add(ViolationCode.EMPTY_THINK, f"<think>{content.strip()}</think> holds no reasoning")
         elif ev.tag == "search":
-            parsed = parse_search(content, pool)
+            parsed = parse_search(content, pool, rules)
             if isinstance(parsed, Invalid):
                 add(_INVALID_TO_VIOLATION[parsed.reason], f"<search>{content.strip()[:60]}</search>")
-            elif isinstance(parsed, UnknownModel):
-                add(ViolationCode.SEARCH_UNKNOWN_MODEL, f"unknown model {parsed.written_name!r}")
+            else:
+                if isinstance(parsed, UnknownModel):
+                    add(ViolationCode.SEARCH_UNKNOWN_MODEL, f"unknown model {parsed.written_name!r}")
+                # Router-R1: the model's name, as written, inside its own query
+                if parsed.written_name.casefold() in parsed.query.casefold():
+                    add(ViolationCode.SEARCH_NAME_IN_QUERY, f"the query names {parsed.written_name!r}")
             pending_search = True
         elif ev.tag == "answer":
             answers.append(content)
-            if not content.strip():
+            if rules.empty_answer_invalid and not content.strip():
                 add(ViolationCode.EMPTY_ANSWER, "empty <answer>")
             last_answer_end = i
         open_tag = None

@@ -124,13 +124,16 @@ def _averages(metrics: Sequence[SystemMetrics], pool: Pool, decoding: Decoding,
              f"Candidate replies: {replay.get('replayed_from_recorded', 0)} of {replay.get('calls', 0)} calls "
              f"replayed from recorded scores, {replay.get('drawn_from_priors', 0)} drawn from priors.", "",
              "## Averages (macro over benchmarks)", "",
-             _row(["system", "EM", "F1", "format-valid", "micro-USD / question", "calls / question",
-                   "p50 / p95 latency (s)", "candidate failures"]),
-             _row(["---"] * 8)]
+             "EM and F1 count a response only when its format is valid (the reward gives an invalid one "
+             "-1); \"EM, any format\" reads the last answer whatever the format, as Router-R1 reports EM.", "",
+             _row(["system", "EM", "EM, any format", "F1", "format-valid", "micro-USD / question",
+                   "calls / question", "p50 / p95 latency (s)", "candidate failures"]),
+             _row(["---"] * 9)]
     order = ["router", "knn", "oracle", *FIXED_BASELINES, *sorted(s for s in avg if s.startswith("single:"))]
     for s in [s for s in order if s in avg]:
         m = avg[s]
-        lines.append(_row([s, f"{m.em:.3f}", f"{m.f1:.3f}", f"{m.format_valid:.3f}", f"{m.usd_per_question * 1e6:.1f}",
+        lines.append(_row([s, f"{m.em:.3f}", f"{m.em_any_format:.3f}", f"{m.f1:.3f}", f"{m.format_valid:.3f}",
+                           f"{m.usd_per_question * 1e6:.1f}",
                            f"{m.calls_per_question:.2f}", f"{m.latency_p50_s:.3f} / {m.latency_p95_s:.3f}",
                            m.candidate_failures]))
     return [*lines, ""]

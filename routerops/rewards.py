@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from routerops.pool import Pool
-from routerops.protocol import Segment, ViolationCode, check_format, extract_answer
+from routerops.protocol import ROUTER_R1, FormatRules, Segment, ViolationCode, check_format, extract_answer
 
 __all__ = [
     "CallUsage",
@@ -59,19 +59,24 @@ def exact_match(prediction: str | None, golds: Sequence[str]) -> float:
     return float(any(pred == normalize_answer(g) for g in golds))
 
 
+# Router-R1's (HotpotQA's) F1: a yes/no answer earns nothing unless it is exactly the gold.
+_YES_NO = frozenset({"yes", "no", "noanswer"})
+
+
 def f1_score(prediction: str | None, golds: Sequence[str]) -> float:
-    """Best token-level F1 over gold aliases (SQuAD definition)."""
-    if prediction is None or not golds:
+    """Best token-level F1 over gold aliases, as Router-R1's `f1_score` (SQuAD tokens; yes, no
+    and noanswer only match themselves; an empty side scores 0)."""
+    if prediction is None:
         return 0.0
-    pred_toks = normalize_answer(prediction).split()
+    pred = normalize_answer(prediction)
+    pred_toks = pred.split()
     best = 0.0
     for gold in golds:
-        gold_toks = normalize_answer(gold).split()
-        if not pred_toks or not gold_toks:
-            best = max(best, float(pred_toks == gold_toks))
+        g = normalize_answer(gold)
+        if (pred in _YES_NO or g in _YES_NO) and pred != g:
             continue
-        common = Counter(pred_toks) & Counter(gold_toks)
-        overlap = sum(common.values())
+        gold_toks = g.split()
+        overlap = sum((Counter(pred_toks) & Counter(gold_toks)).values())
         if overlap == 0:
             continue
         precision, recall = overlap / len(pred_toks), overlap / len(gold_toks)
@@ -238,10 +243,12 @@ def score_batch(
     normalizer: CostNormalizer,
     outcome: Literal["em", "f1"] = "em",
     include_prompt: bool = False,
+    rules: FormatRules = ROUTER_R1,
 ) -> tuple[list[RewardBreakdown], CostNormalizer]:
     """Score a batch. Returns the breakdowns and the normaliser after seeing this batch.
 
-    `alpha` is one cost weight for all items or one per item.
+    `alpha` is one cost weight for all items or one per item; `rules` are the format rules the
+    episodes ran under (`RolloutLimits.rules`).
     """
     if outcome not in ("em", "f1"):
         raise ValueError(f"outcome must be 'em' or 'f1', got {outcome!r}")
@@ -252,7 +259,7 @@ def score_batch(
     norms, nxt = normalizer.update(costs)
     out: list[RewardBreakdown] = []
     for it, c, cn, a in zip(items, costs, norms, alphas, strict=True):
-        fmt = check_format(it.response, pool)
+        fmt = check_format(it.response, pool, rules)
         answer = extract_answer(it.response)
         em = exact_match(answer, it.golden_answers)
         f1 = f1_score(answer, it.golden_answers)

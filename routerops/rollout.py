@@ -28,8 +28,10 @@ from routerops.pool import Pool
 from routerops.protocol import (
     OBS_PREFIX,
     OBS_SUFFIX,
+    ROUTER_R1,
     Action,
     Answer,
+    FormatRules,
     Invalid,
     NoAction,
     Route,
@@ -71,6 +73,7 @@ class RolloutLimits:
     max_obs_tokens: int        # inner text of one information block
     max_prompt_tokens: int
     max_context_tokens: int    # prompt + everything appended
+    rules: FormatRules = ROUTER_R1  # which searches execute, and the format check (params `rollout.format`)
 
     def __post_init__(self) -> None:
         for name in ("max_turns", "max_tokens_per_turn", "max_obs_tokens", "max_prompt_tokens", "max_context_tokens"):
@@ -227,7 +230,7 @@ async def run_episode(
         traj.turns = turn + 1
         text = decode_text(tokenizer, ids)
         traj._append(ids, 1, lps, text)
-        action = parse_turn(text, pool) if ids else NoAction()
+        action = parse_turn(text, pool, limits.rules) if ids else NoAction()
         traj.actions.append(_describe(action))
 
         if isinstance(action, Answer):

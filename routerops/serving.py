@@ -23,7 +23,7 @@ from routerops.packaging import LoadedPackage
 from routerops.policy import build_policy
 from routerops.pool import Pool
 from routerops.prompt import normalize_question
-from routerops.protocol import check_format
+from routerops.protocol import FormatRules, check_format
 from routerops.rollout import PromptTooLong, Trajectory, run_episode
 from routerops.runtime import Backends, build_backend, encode_prompt
 
@@ -136,13 +136,14 @@ class Answer:
     trajectory: Trajectory
 
 
-def _bill(traj: Trajectory, pool: Pool, version: str, include_prompt: bool, budget_usd: float | None) -> Bill:
+def _bill(traj: Trajectory, pool: Pool, version: str, include_prompt: bool, budget_usd: float | None,
+          rules: FormatRules) -> Bill:
     lines = tuple(BillLine(
         c.turn, c.model, c.query, c.prompt_tokens, c.completion_tokens,
         pool.get(c.model).cost_usd(c.completion_tokens, c.prompt_tokens, include_prompt) if c.ok else 0.0,
         c.latency_s, c.origin, c.failure, c.failure_detail) for c in traj.calls)
     return Bill(version, pool.snapshot_id, pool.pricing.id, sum(line.usd for line in lines), traj.turns,
-                check_format(traj.segments, pool).valid, str(traj.stop_reason), budget_usd, lines)
+                check_format(traj.segments, pool, rules).valid, str(traj.stop_reason), budget_usd, lines)
 
 
 def _min_budget(*limits: float | None) -> float | None:
@@ -204,7 +205,8 @@ class Router:
             raise QuestionTooLong(f"the question makes a router prompt of {exc.tokens} tokens; this router takes "
                                   f"at most {exc.limit} (shorten the question)", param="messages",
                                   code="context_length_exceeded") from None
-        bill = _bill(traj, self.pool, self.version, self.params.rewards.include_prompt_cost, budget_usd)
+        bill = _bill(traj, self.pool, self.version, self.params.rewards.include_prompt_cost, budget_usd,
+                     self.limits.rules)
         return Answer(traj.answer or "", bill, len(traj.prompt_ids), sum(traj.loss_mask), traj)
 
     async def aclose(self) -> None:

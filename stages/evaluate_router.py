@@ -5,8 +5,9 @@ from params, recorded with the results), each single candidate called once, rand
 most expensive, the oracle (cheapest candidate that answers correctly; an upper bound) and a kNN
 router over sentence embeddings fitted on the train split. Writes per-question trajectories
 (parquet), metrics with the verdict (DVC metrics), a markdown report, a short summary and a
-Pareto plot. Candidate failures are counted, never fatal. `routerops eval reprice --pool NEW.yaml`
-re-costs it all with no call.
+Pareto plot, and the kNN baseline's fit evidence (`knn_fit.parquet`, `knn.json`). Candidate
+failures are counted, never fatal. `routerops eval reprice --pool NEW.yaml` re-costs it all with no
+call, the price-based baselines choosing again.
 """
 
 from __future__ import annotations
@@ -22,24 +23,23 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from routerops.candidates.budget import RequestBudget
+from routerops.candidates.budget import RequestBudget, RunBudget
 from routerops.candidates.replay import ReplayStats
 from routerops.candidates.types import CallContext, CandidateBackend, CandidateReply, QuestionInfo
 from routerops.config import Params, load_params
 from routerops.evaluation import (
-    FIXED_BASELINES,
     Call,
     Decoding,
     EvalRecord,
+    KnnEvidence,
     PairedDifference,
     SystemMetrics,
     Verdict,
     aggregate,
-    baseline_choice,
     comparison_baselines,
-    oracle_choice,
     paired_difference,
     verdict,
+    with_baselines,
 )
 from routerops.io import atomic_dir, write_json_atomic
 from routerops.paths import default_params_file, default_pool_file, project_root
@@ -77,18 +77,23 @@ class Outputs:
     replay: Mapping[str, object]  # ReplayStats.summary() of the run ({} for HTTP candidates)
     decoding: Decoding
     pool: Pool
+    knn: KnnEvidence
 
 
 async def single_calls(questions: Sequence[QuestionInfo], pool: Pool, backend: CandidateBackend,
-                       concurrency: int, desc: str) -> dict[str, dict[str, EvalRecord]]:
-    """Each candidate called once per question with the question itself: {question id: {model: record}}."""
+                       concurrency: int, desc: str, run_budget: RunBudget | None = None
+                       ) -> dict[str, dict[str, EvalRecord]]:
+    """Each candidate called once per question with the question itself: {question id: {model: record}}.
+    Every call counts against `run_budget` (the run's, shared with the router's episodes); once it
+    is spent the rest are refused (failure `budget`, no cost)."""
     sem = asyncio.Semaphore(concurrency)
     bar = progress(len(questions) * len(pool), desc)
 
     async def one(q: QuestionInfo, model: str) -> EvalRecord:
         async with sem:
             start = time.perf_counter()
-            res = await backend.call(pool.get(model), q.text, CallContext(question=q, budget=RequestBudget(None)))
+            res = await backend.call(pool.get(model), q.text,
+                                     CallContext(question=q, budget=RequestBudget(None, run_budget)))
             bar.update(1)
         answer = extract_reply_answer(res.text) if isinstance(res, CandidateReply) else None
         text = res.text if isinstance(res, CandidateReply) else ""
@@ -118,7 +123,7 @@ async def _router_records(questions: Sequence[QuestionInfo], params: Params, poo
                                   budget=backends.request_budget(params.candidates.request_budget_usd))
             bar.update(1)
         return EvalRecord("router", q.id, q.data_source, q.text, q.golden_answers, t.answer,
-                          check_format(t.segments, pool).valid, tuple(Call.of_record(c) for c in t.calls),
+                          check_format(t.segments, pool, limits.rules).valid, tuple(Call.of_record(c) for c in t.calls),
                           time.perf_counter() - start, t.response_text)
 
     try:
@@ -127,11 +132,6 @@ async def _router_records(questions: Sequence[QuestionInfo], params: Params, poo
         bar.close()
         if client is not None:
             await client.aclose()
-
-
-def _renamed(r: EvalRecord, system: str) -> EvalRecord:
-    return EvalRecord(system, r.question_id, r.data_source, r.question, r.golden_answers, r.answer, r.format_valid,
-                      r.calls, r.latency_s, r.response)
 
 
 def run(params: Params, inputs: Inputs) -> Outputs:
@@ -144,37 +144,35 @@ def run(params: Params, inputs: Inputs) -> Outputs:
     async def go() -> tuple[list[EvalRecord], dict[str, dict[str, EvalRecord]], dict[str, dict[str, EvalRecord]]]:
         try:
             router = await _router_records(test, params, pool, inputs.router_dir, backends)
-            singles = await single_calls(test, pool, backends.backend, ep.concurrency, "baselines")
-            knn_train = await single_calls(train, pool, backends.backend, ep.concurrency, "knn fit")
+            singles = await single_calls(test, pool, backends.backend, ep.concurrency, "baselines", backends.run_budget)
+            knn_train = await single_calls(train, pool, backends.backend, ep.concurrency, "knn fit",
+                                           backends.run_budget)
             return router, singles, knn_train
         finally:
             await backends.aclose()
 
     router, singles, knn_train = asyncio.run(go())
-    records = list(router)
-    for q in test:
-        per = singles[q.id]
-        records.extend(per.values())
-        for kind in FIXED_BASELINES:
-            records.append(_renamed(per[baseline_choice(kind, pool, q.id, ep.seed)], kind))
-        records.append(_renamed(per[oracle_choice(per, pool)], "oracle"))
 
     from routerops.knn_router import KnnRouter, load_encoder
 
+    # The embeddings only find each test question's neighbours; the choice among candidates is
+    # made from the neighbours' single calls under the pool's prices, so repricing re-makes it.
     knn = KnnRouter(load_encoder(), k=ep.knn_k, cost_weight=ep.knn_cost_weight).fit(
         [q.text for q in train],
         [{m: (r.em, r.cost_usd(pool)) for m, r in knn_train[q.id].items()} for q in train])
-    for q, pick in zip(test, knn.route([q.text for q in test]), strict=True):
-        records.append(_renamed(singles[q.id][pick], "knn"))
-
+    evidence = KnnEvidence(ep.knn_cost_weight, tuple(knn_train[q.id] for q in train),
+                           dict(zip((q.id for q in test), knn.nearest([q.text for q in test]), strict=True)))
     include_prompt = params.rewards.include_prompt_cost
+    records = with_baselines([*router, *(r for q in test for r in singles[q.id].values())], pool, seed=ep.seed,
+                             knn=evidence, include_prompt=include_prompt)
     metrics = aggregate(records, pool, include_prompt)
     differences = [paired_difference(records, pool, "router", b, samples=ep.bootstrap_samples,
                                      confidence=ep.confidence, seed=ep.seed, include_prompt=include_prompt)
                    for b in comparison_baselines(metrics)]
     stats: ReplayStats | None = backends.replay.stats if backends.replay else None
     return Outputs(tuple(records), tuple(metrics), tuple(differences), verdict(metrics, differences),
-                   stats.summary() if stats else {}, Decoding(ep.decoding, ep.seed, ep.temperature, ep.top_p), pool)
+                   stats.summary() if stats else {}, Decoding(ep.decoding, ep.seed, ep.temperature, ep.top_p), pool,
+                   evidence)
 
 
 def _metric_values(m: SystemMetrics) -> dict[str, Any]:
@@ -204,6 +202,7 @@ def write(out: Outputs, out_dir: Path, metrics_path: Path) -> None:
     pool = out.pool
     with atomic_dir(out_dir) as tmp:
         pq.write_table(pa.Table.from_pylist([r.as_row() for r in out.records]), tmp / "trajectories.parquet")
+        out.knn.write(tmp)
         pareto_plot(out.metrics, tmp / "pareto.png", title=f"EM vs cost (pool {pool.pricing.label})")
         (tmp / "report.md").write_text(render_report(out.metrics, pool, out.decoding, out.replay, plot="pareto.png",
                                                      differences=out.differences, verdict=out.verdict))

@@ -78,7 +78,7 @@ def run(params: Params, inputs: Inputs) -> Outputs:
                                         generator=router, backends=backends, limits=limits))
     scores, _ = score_batch([ScoreItem(t.segments, t.question.golden_answers, t.usages()) for t in trajs],
                             inputs.pool, params.rewards.alpha, SlidingWindowNormalizer(params.rewards.window),
-                            params.rewards.outcome)
+                            params.rewards.outcome, params.rewards.include_prompt_cost, limits.rules)
     traces = tuple(trajectory_json(t) | {"score": s.as_dict()} for t, s in zip(trajs, scores, strict=True))
     n = len(trajs)
     summary = {

@@ -23,7 +23,7 @@ import yaml
 
 from routerops.champion import LocalFirstObjects, read_champion
 from routerops.config import Params, load_params
-from routerops.evaluation import read_records
+from routerops.evaluation import KnnEvidence, read_records
 from routerops.io import atomic_dir, write_json_atomic, write_text_atomic
 from routerops.lineage import LineageError, ObjectMissing, RemoteUnavailable
 from routerops.paths import default_params_file, project_root, runs_dir
@@ -47,6 +47,7 @@ class Inputs:
     source: str  # file (relative to the project) or URL
     trajectories: Path  # the champion's evaluation
     now: datetime
+    knn: KnnEvidence | None = None  # its kNN baseline's fit evidence (None: an evaluation without it)
 
     @classmethod
     def of_project(cls, root: Path, params: Params) -> Inputs:
@@ -55,7 +56,7 @@ class Inputs:
         champ = read_champion(root, params.package_router.model_name, params.evaluate_router.out_dir,
                               root / SCRATCH, LocalFirstObjects(root, lambda: DvcS3Remote(read_remote_config(root))))
         return cls(champ.pool, champ.pool_text, champ.described, source, champ.trajectories,
-                   datetime.now(UTC).replace(microsecond=0))
+                   datetime.now(UTC).replace(microsecond=0), champ.knn)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def run(params: Params, inputs: Inputs) -> Outputs:
                               label=f"{fmt}-{inputs.now.date().isoformat()}", effective=inputs.now.date())
     new_pool = parse_pool(yaml.safe_load(text), inputs.pool.source_file)
     impact = assess(read_records(inputs.trajectories), inputs.pool, new_pool, alpha=params.rewards.alpha,
-                    rule=RetrainRule.of(params.retrain),
+                    rule=RetrainRule.of(params.retrain), seed=params.evaluate_router.seed, knn=inputs.knn,
                     include_prompt=params.rewards.include_prompt_cost)
     watch.update(changed=True, new_pricing_id=new_pool.pricing.id, decision=impact.decision, reason=impact.reason,
                  changes=[{"model": c.model, "side": c.side, "old": c.old, "new": c.new} for c in changes],

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from routerops.candidates.budget import Budget, RequestBudget, RunBudget
 from routerops.candidates.replay import CORRECT_TEMPLATES, WRONG_TEMPLATES, ReplayPool
 from routerops.candidates.types import QuestionInfo
 from routerops.config import Params
@@ -94,14 +95,15 @@ class TrainResult:
 
 
 def step_metrics(trajs: Sequence[Trajectory], scores: Sequence[Any], pool: Pool) -> dict[str, Any]:
-    """Reward, format-valid rate, EM, USD and calls per question, and call share per model."""
+    """Reward, format-valid rate, EM (of format-valid responses, as the evaluation counts it), USD
+    and calls per question, and call share per model."""
     n = len(trajs)
     calls = Counter(c.model for t in trajs for c in t.calls if c.ok)
     total = sum(calls.values())
     out: dict[str, Any] = {
         "reward": sum(s.reward for s in scores) / n,
         "format_valid": sum(s.format_valid for s in scores) / n,
-        "em": sum(s.em for s in scores) / n,
+        "em": sum(s.em for s in scores if s.format_valid) / n,
         "usd_per_question": sum(t.cost_usd for t in trajs) / n,
         "calls_per_question": total / n,
     }
@@ -122,6 +124,10 @@ class LocalTrainer:
         if not self.questions:
             raise ValueError("no training questions")
         self.replay = replay
+        # Every replayed call of the run (warm-start episodes and GRPO rollouts) counts against
+        # params `candidates.run_budget_usd` (and each episode against `request_budget_usd`). The
+        # ledger starts at zero in each process: a resumed run gets the whole budget again.
+        self.run_budget = RunBudget(params.candidates.run_budget_usd)
         # Drill answer sources: the training answers, and the words of the training questions.
         self._answers = sorted({a for q in self.questions for a in q.golden_answers})
         self._words = sorted({w.strip(string.punctuation) for q in self.questions for w in q.text.split()} - {""})
@@ -177,7 +183,8 @@ class LocalTrainer:
         # Two routing turns of the scripted router's wording, which is longer than the policy's cap.
         limits = dataclasses.replace(self.limits, max_turns=2, max_tokens_per_turn=256)
         return asyncio.run(run_episodes(items, concurrency=64, generator=router, tokenizer=tokenizer,
-                                        pool=self.pool, backend=self.replay, limits=limits))
+                                        pool=self.pool, backend=self.replay, limits=limits,
+                                        budgets=self._budgets(len(items))))
 
     def _drill_answer(self, rng: random.Random) -> str:
         """A real training answer (`drill_real_share` of the time) or a synthetic one.
@@ -347,7 +354,8 @@ class LocalTrainer:
         trajs = self._rollouts(step, model, tokenizer)
         scores, _ = score_batch([ScoreItem(t.segments, t.question.golden_answers, t.usages()) for t in trajs],
                                 self.pool, self.params.rewards.alpha,
-                                SlidingWindowNormalizer(self.params.rewards.window), self.params.rewards.outcome)
+                                SlidingWindowNormalizer(self.params.rewards.window), self.params.rewards.outcome,
+                                self.params.rewards.include_prompt_cost, self.limits.rules)
         return {**step_metrics(trajs, scores, self.pool), "kl": 0.0, "entropy": 0.0, "pg_loss": 0.0}, trajs
 
     def _rollouts(self, step: int, model: CausalLM, tokenizer: HFTokenizer) -> list[Trajectory]:
@@ -358,7 +366,11 @@ class LocalTrainer:
         gen = BatchedGenerator(model, tokenizer, temperature=lp.temperature, top_p=lp.top_p,
                                max_batch=len(items))
         return asyncio.run(run_episodes(items, concurrency=len(items), generator=gen, tokenizer=tokenizer,
-                                        pool=self.pool, backend=self.replay, limits=self.limits))
+                                        pool=self.pool, backend=self.replay, limits=self.limits,
+                                        budgets=self._budgets(len(items))))
+
+    def _budgets(self, n: int) -> list[Budget | None]:
+        return [RequestBudget(self.params.candidates.request_budget_usd, self.run_budget) for _ in range(n)]
 
     def _grpo_drills(self, tokenizer: HFTokenizer) -> list[tuple[list[int], list[int]]]:
         """The copy drills mixed into GRPO, drawn once; step N uses a fixed slice, so a resumed run
@@ -374,7 +386,7 @@ class LocalTrainer:
         trajs = self._rollouts(step, model, tokenizer)
         scores, normalizer = score_batch(
             [ScoreItem(t.segments, t.question.golden_answers, t.usages()) for t in trajs],
-            self.pool, rp.alpha, normalizer, rp.outcome, rp.include_prompt_cost)
+            self.pool, rp.alpha, normalizer, rp.outcome, rp.include_prompt_cost, self.limits.rules)
 
         ids, attn, resp_mask, starts, width = _pack_response(trajs, tokenizer.pad_token_id)
         rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from routerops.candidates.types import CallOrigin
 from routerops.champion import LocalFirstObjects, cache_path, read_champion
+from routerops.evaluation import KNN_FILES, Call, EvalRecord, KnnEvidence
 from routerops.lineage import ArtifactRef, LineageError, ObjectMissing, dvc_dir_md5
 from routerops.registry import Registry
 
@@ -40,21 +42,24 @@ class DictObjects:
     def check(self) -> None: ...
 
 
-def _champion_repo(git_repo, make_record, trajectories: bytes) -> tuple[Path, dict[str, bytes]]:
-    """A registry whose champion pins a lock naming an evaluation holding `trajectories`; returns
-    the root and the evaluation's objects (listing and file), not yet in any cache."""
-    md5 = hashlib.md5(trajectories, usedforsecurity=False).hexdigest()
-    dir_md5 = dvc_dir_md5({"trajectories.parquet": md5, "summary.md": "0" * 32})
+def _champion_repo(git_repo, make_record, trajectories: bytes, extra: dict[str, bytes] | None = None
+                   ) -> tuple[Path, dict[str, bytes]]:
+    """A registry whose champion pins a lock naming an evaluation holding `trajectories` (and the
+    `extra` files); returns the root and the evaluation's objects (listing and files), not yet in
+    any cache."""
+    files = {"trajectories.parquet": trajectories, **(extra or {})}
+    md5s = {name: hashlib.md5(data, usedforsecurity=False).hexdigest() for name, data in files.items()}
+    dir_md5 = dvc_dir_md5({**md5s, "summary.md": "0" * 32})
     listing = json.dumps([{"md5": "0" * 32, "relpath": "summary.md"},
-                          {"md5": md5, "relpath": "trajectories.parquet"}]).encode()
+                          *({"md5": m, "relpath": n} for n, m in sorted(md5s.items()))]).encode()
     lock = {"schema": "2.0", "stages": {"evaluate_router": {"outs": [{"path": "artifacts/evaluation",
-                                                                          "md5": dir_md5, "nfiles": 2}]}}}
+                                                                          "md5": dir_md5, "nfiles": len(files) + 1}]}}}
     pool = (ROOT / "pool.yaml").read_text().replace("label: router-r1-together-list", "label: champion-prices")
     registry = Registry(git_repo.root, ARTIFACT)
     registry.register(make_record(commit=git_repo("rev-parse", "HEAD").strip()), PACKAGE,
                       {"dvc.lock": yaml.safe_dump(lock).encode(), "pool.yaml": pool.encode(), "params.yaml": b"p\n"})
     registry.promote("v0.1.0")
-    return git_repo.root, {dir_md5: listing, md5: trajectories}
+    return git_repo.root, {dir_md5: listing, **{md5s[n]: data for n, data in files.items()}}
 
 
 def test_the_champion_is_read_from_the_local_cache(git_repo, make_record, tmp_path) -> None:
@@ -82,6 +87,19 @@ def test_a_cache_without_the_objects_falls_back_to_the_remote(git_repo, make_rec
     state = read_champion(root, ARTIFACT, "artifacts/evaluation", tmp_path / "scratch",
                           LocalFirstObjects(root, lambda: remote))
     assert state.trajectories.read_bytes() == b"PAR1 from the remote" and remote.served == 2
+    assert state.knn is None  # an evaluation from before the kNN evidence was kept
+
+
+def test_the_champions_knn_evidence_comes_with_its_trajectories(git_repo, make_record, tmp_path) -> None:
+    evidence = KnnEvidence(0.5, ({"Mixtral-8x22B-Instruct": EvalRecord(
+        "single:Mixtral-8x22B-Instruct", "t0", "nq", "q?", ("Paris",), "Paris", True,
+        (Call("Mixtral-8x22B-Instruct", CallOrigin.HTTP, 17),))},), {"q1": (0,)})
+    evidence.write(tmp_path)
+    extra = {name: (tmp_path / name).read_bytes() for name in KNN_FILES}
+    root, objects = _champion_repo(git_repo, make_record, b"PAR1 with kNN evidence", extra)
+    state = read_champion(root, ARTIFACT, "artifacts/evaluation", tmp_path / "scratch",
+                          LocalFirstObjects(root, lambda: DictObjects(objects)))
+    assert state.trajectories.name == "trajectories.parquet" and state.knn == evidence
 
 
 def test_an_evaluation_missing_everywhere_is_an_error(git_repo, make_record, tmp_path) -> None:

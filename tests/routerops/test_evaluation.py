@@ -8,6 +8,7 @@ from routerops.candidates.types import CallOrigin, CandidateFailure, CandidateRe
 from routerops.evaluation import (
     Call,
     EvalRecord,
+    KnnEvidence,
     PairedDifference,
     SystemMetrics,
     Verdict,
@@ -19,6 +20,7 @@ from routerops.evaluation import (
     paired_difference,
     reprice_records,
     verdict,
+    with_baselines,
 )
 from routerops.pool import parse_pool
 from routerops.rollout import CallRecord
@@ -55,18 +57,85 @@ def test_metrics_on_a_hand_computed_fixture(pool) -> None:
     assert avg.call_share[MIX] == pytest.approx((1 / 3 + 1) / 2)
 
 
-def test_reprice_uses_stored_tokens_only(pool) -> None:
+def test_em_counts_a_correct_answer_only_when_the_format_is_valid(pool) -> None:
+    # the router answered "Oslo" correctly but broke the format: the reward gives it -1, so the
+    # headline EM does not count it; Router-R1's EM (any format) does
+    records = [*FIXTURE[:2], rec("router", "c", "nq", "Oslo", ["Oslo"], [], 3.0, fmt=False)]
+    assert (records[2].em, records[2].f1, records[2].em_any_format) == (0.0, 0.0, 1.0)
+    nq = {(m.system, m.data_source): m for m in aggregate(records, pool)}[("router", "nq")]
+    assert (nq.em, nq.em_any_format) == (pytest.approx(1 / 3), pytest.approx(2 / 3))
+
+
+def _scaled(pool, model: str, factor: float):
+    """The pool with `model`'s output price times `factor`."""
     raw = pool.model_dump(mode="json")
-    cheaper = parse_pool({
+    return parse_pool({
         "pricing": {**{k: raw["pricing"][k] for k in ("label", "effective_date", "source")},
                     "prices": {c.name: {"input_usd_per_mtok": c.price.input_usd_per_mtok,
-                                        "output_usd_per_mtok": c.price.output_usd_per_mtok / (10 if c.name == MIX else 1)}
+                                        "output_usd_per_mtok": c.price.output_usd_per_mtok * (factor if c.name == model
+                                                                                              else 1)}
                                for c in pool}},
         "candidates": [{k: v for k, v in c.items() if k != "price"} for c in raw["candidates"]]})
+
+
+def test_reprice_uses_stored_tokens_only(pool) -> None:
+    cheaper = _scaled(pool, MIX, 0.1)
     old = {(m.system, m.data_source): m for m in aggregate(FIXTURE, pool)}
-    new = {(m.system, m.data_source): m for m in reprice_records(FIXTURE, cheaper)}
+    new = {(m.system, m.data_source): m for m in reprice_records(FIXTURE, cheaper, seed=0)}
     assert new[("router", "popqa")].usd_per_question == pytest.approx(old[("router", "popqa")].usd_per_question / 10)
     assert new[("router", "nq")].em == old[("router", "nq")].em
+
+
+MIS = "Mistral-7B-Instruct"
+
+
+def _singles(qid: str, right: set[str], pool) -> list[EvalRecord]:
+    """One question's single calls: every candidate once, 100 completion tokens, right where asked."""
+    return [rec(f"single:{m}", qid, "nq", "Paris" if m in right else "Lyon", ["Paris"], [Call(m, HTTP, 100)])
+            for m in pool.names]
+
+
+def test_repricing_chooses_the_price_based_baselines_again(pool, tmp_path) -> None:
+    # Mistral is the cheapest model by expected cost (0.20 x 101 tokens) and answers q1; Mixtral
+    # (1.20 x 17) answers both. Mistral's price x10 makes Mixtral the cheapest, and the oracle's
+    # cheapest correct call on q1.
+    records = [*_singles("q1", {MIS, MIX}, pool), *_singles("q2", {MIX}, pool)]
+    train = tuple({r.system.removeprefix("single:"): r for r in _singles(f"t{i}", {MIS, MIX}, pool)} for i in range(3))
+    knn = KnnEvidence(cost_weight=0.5, train=train, neighbors={"q1": (0, 1), "q2": (1, 2)})
+    pricier = _scaled(pool, MIS, 10)
+
+    def picks(rs) -> dict[tuple[str, str], str]:
+        return {(r.system, r.question_id): r.calls[0].model for r in rs if not r.system.startswith("single:")}
+
+    before = picks(with_baselines(records, pool, seed=0, knn=knn))
+    after = picks(with_baselines(records, pricier, seed=0, knn=knn))
+    assert {k: v for k, v in before.items() if k[0] != "random"} == {
+        ("cheapest", "q1"): MIS, ("cheapest", "q2"): MIS, ("most_expensive", "q1"): "LLaMA-3.1-70B-Instruct",
+        ("most_expensive", "q2"): "LLaMA-3.1-70B-Instruct", ("oracle", "q1"): MIS, ("oracle", "q2"): MIX,
+        ("knn", "q1"): MIS, ("knn", "q2"): MIS}
+    # and Mistral (2.00 x 101) the most expensive, above LLaMA-3.1-70B (0.88 x 174)
+    assert {k: v for k, v in after.items() if k[0] != "random"} == {
+        ("cheapest", "q1"): MIX, ("cheapest", "q2"): MIX, ("most_expensive", "q1"): MIS,
+        ("most_expensive", "q2"): MIS, ("oracle", "q1"): MIX, ("oracle", "q2"): MIX,
+        ("knn", "q1"): MIX, ("knn", "q2"): MIX}
+    assert {k: v for k, v in after.items() if k[0] == "random"} == {k: v for k, v in before.items() if k[0] == "random"}
+    # the metrics follow the new choices: cheapest answers q2 now
+    avg = {m.system: m for m in reprice_records(records, pricier, seed=0, knn=knn) if m.data_source == "average"}
+    assert (avg["cheapest"].em, avg["oracle"].em) == (1.0, 1.0)
+    # without the kNN evidence (an older evaluation) the records' own kNN choices stay
+    old_knn = [r for r in with_baselines(records, pool, seed=0, knn=knn) if r.system == "knn"]
+    kept = with_baselines([*records, *old_knn], pricier, seed=0)
+    assert picks(r for r in kept if r.system == "knn") == {("knn", "q1"): MIS, ("knn", "q2"): MIS}
+    # the evidence survives its files
+    knn.write(tmp_path)
+    assert KnnEvidence.read(tmp_path) == knn and KnnEvidence.read(tmp_path / "none") is None
+
+
+def test_repricing_without_a_price_for_a_called_model_is_an_error(pool) -> None:
+    records = _singles("q1", {MIX}, pool)
+    smaller = pool.restricted([n for n in pool.names if n != MIS])
+    with pytest.raises(ValueError, match=r"no price for model\(s\) Mistral-7B-Instruct that the evaluation called$"):
+        with_baselines(records, smaller, seed=0)
 
 
 def test_record_row_round_trip() -> None:
@@ -141,7 +210,7 @@ def test_paired_difference_rejects_bad_input(pool, kwargs, error) -> None:
 
 
 def avg(system: str, em: float, micro_usd: float) -> SystemMetrics:
-    return SystemMetrics(system, "average", 10, em, em, 1.0, micro_usd * 1e-6, 1.0)
+    return SystemMetrics(system, "average", 10, em, em, 1.0, micro_usd * 1e-6, 1.0, em)
 
 
 @pytest.mark.parametrize(("a", "b", "expected"), [
@@ -176,7 +245,7 @@ def test_comparison_baselines_are_the_fixed_ones_and_the_singles_pareto_front() 
                avg("single:Mixtral", 0.29, 20.4),  # on the front: best at the lowest cost
                avg("single:Llama70", 0.30, 154.9),  # on the front: most accurate
                avg("single:Gemma", 0.22, 42.6),  # dominated by Mixtral
-               SystemMetrics("single:Gemma", "nq", 10, 0.9, 0.9, 1.0, 1e-6, 1.0)]  # per-benchmark rows ignored
+               SystemMetrics("single:Gemma", "nq", 10, 0.9, 0.9, 1.0, 1e-6, 1.0, 0.9)]  # per-benchmark rows ignored
     assert comparison_baselines(metrics) == ["random", "cheapest", "knn", "single:Mixtral", "single:Llama70"]
     assert comparison_baselines([m for m in metrics if m.system != "router"]) == []
 

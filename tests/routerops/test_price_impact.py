@@ -56,14 +56,14 @@ def _records(pool: Pool) -> list[EvalRecord]:
 
 def test_unchanged_prices_need_nothing(raw) -> None:
     pool = _pool(raw)
-    impact = assess(_records(pool), pool, pool, alpha=0.6, rule=RULE)
+    impact = assess(_records(pool), pool, pool, alpha=0.6, rule=RULE, seed=0)
     assert (impact.decision, impact.reason, impact.price_changes) == ("none", "no price changed", 0)
     assert impact.objective_before == impact.objective_after
 
 
 def test_a_uniform_change_reprices_and_never_retrains(raw) -> None:
     old, new = _pool(raw), _pool(raw, every=2.0)
-    impact = assess(_records(old), old, new, alpha=0.9, rule=RULE)
+    impact = assess(_records(old), old, new, alpha=0.9, rule=RULE, seed=0)
     assert impact.decision == "reprice" and impact.price_changes == 12
     assert impact.cheapest_correct_changed == 0
     assert impact.objective_after == pytest.approx(impact.objective_before, abs=1e-12)
@@ -73,7 +73,7 @@ def test_a_uniform_change_reprices_and_never_retrains(raw) -> None:
 
 def test_a_relative_change_that_moves_the_cheapest_correct_model_retrains(raw) -> None:
     old, new = _pool(raw), _pool(raw, {"Mixtral-8x22B-Instruct": 10.0})  # 17 x 12.0 > 150 x 0.2
-    impact = assess(_records(old), old, new, alpha=0.6, rule=RULE)
+    impact = assess(_records(old), old, new, alpha=0.6, rule=RULE, seed=0)
     assert impact.decision == "retrain"
     assert (impact.cheapest_correct_changed, impact.answerable) == (10, 10)
     assert impact.changed_examples[0] == ("nq:0", "Mixtral-8x22B-Instruct", "Mistral-7B-Instruct")
@@ -81,12 +81,23 @@ def test_a_relative_change_that_moves_the_cheapest_correct_model_retrains(raw) -
                              "(threshold 5.0%)")
     text = render_impact(impact, "old list", "new list")
     assert text.startswith("# Price change: old list -> new list\n\n**Decision: retrain**")
-    assert "| single:Mixtral-8x22B-Instruct | 1.000 | 20.40 | 204.00 | +900.0% |" in text
+    assert "| single:Mixtral-8x22B-Instruct | 1.000 | 1.000 | 20.40 | 204.00 | +900.0% |" in text
+
+
+def test_the_cheapest_baseline_chooses_again_under_the_new_prices(raw) -> None:
+    # By expected cost Mistral is the cheapest (0.20 x 101 tokens = 20.2 against Mixtral's 1.20 x 17
+    # = 20.4 micro-USD) and pays its 150 tokens here (30 micro-USD); at twice its price Mixtral is
+    # the cheapest, so the baseline gets cheaper although no price fell.
+    old, new = _pool(raw), _pool(raw, {"Mistral-7B-Instruct": 2.0})
+    impact = assess(_records(old), old, new, alpha=0.6, rule=RULE, seed=0)
+    cheapest = next(s for s in impact.systems if s.system == "cheapest")
+    assert (cheapest.usd_before, cheapest.usd_after) == (pytest.approx(30e-6), pytest.approx(20.4e-6))
+    assert "| cheapest | 1.000 | 1.000 | 30.00 | 20.40 | -32.0% |" in render_impact(impact, "old", "new")
 
 
 def test_a_small_relative_change_reprices(raw) -> None:
     old, new = _pool(raw), _pool(raw, {"Gemma-2-27B-Instruct": 1.1})  # Gemma is never the cheapest correct
-    impact = assess(_records(old), old, new, alpha=0.6, rule=RULE)
+    impact = assess(_records(old), old, new, alpha=0.6, rule=RULE, seed=0)
     assert impact.decision == "reprice" and impact.price_changes == 2
 
 
@@ -99,7 +110,7 @@ def test_an_unpriced_model_that_the_evaluation_called_is_an_error(raw) -> None:
     new = parse_pool(doc, "new.yaml")
     with pytest.raises(ValueError, match=r"^new\.yaml: no price for model\(s\) Mixtral-8x22B-Instruct that the "
                                          r"evaluation called$"):
-        assess(_records(old), old, new, alpha=0.6, rule=RULE)
+        assess(_records(old), old, new, alpha=0.6, rule=RULE, seed=0)
 
 
 def test_cli_prices_impact(raw, tmp_path) -> None:

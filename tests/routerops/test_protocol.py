@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import pytest
 
+from routerops.config import load_params
 from routerops.protocol import (
+    ROUTER_R1,
     Answer,
+    FormatRules,
     Invalid,
     InvalidReason,
     NoAction,
@@ -45,7 +48,13 @@ FORMAT_CASES = [
     ("two-answers", "<think>t</think><answer>Paris</answer><answer>Lyon</answer>", V.MULTIPLE_ANSWERS),
     ("text-after-answer", "<think>t</think><answer>Paris</answer> I hope this helps", V.TEXT_AFTER_ANSWER),
     ("think-after-answer", "<think>t</think><answer>Paris</answer><think>more</think>", V.TEXT_AFTER_ANSWER),
-    ("empty-answer", "<think>t</think><answer>  </answer>", V.EMPTY_ANSWER),
+    # Router-R1 has no rule for an empty answer: valid, and wrong
+    ("empty-answer-is-valid", "<think>t</think><answer>  </answer>", None),
+    ("empty-think", "<think></think><answer>x</answer>", V.EMPTY_THINK),
+    ("blank-think", "<think> \n </think><answer>x</answer>", V.EMPTY_THINK),
+    ("ellipsis-think", "<think> ... </think><answer>x</answer>", V.EMPTY_THINK),
+    ("one-empty-think-of-two", f"<think>a</think><search>{Q}: q</search>{INFO}<think>...</think><answer>x</answer>",
+     V.EMPTY_THINK),
     ("nested-search-in-think", f"<think>t <search>{Q}: q</search></think><answer>x</answer>", V.NESTED_TAG),
     ("nested-answer-in-think", "<think><answer>x</answer></think>", V.NESTED_TAG),
     ("nested-think-in-think", "<think><think>t</think></think><answer>x</answer>", V.NESTED_TAG),
@@ -53,7 +62,8 @@ FORMAT_CASES = [
     ("unclosed-answer", "<think>t</think><answer>Paris", V.UNBALANCED_TAG),
     ("stray-close", "<think>t</think></search><answer>x</answer>", V.UNBALANCED_TAG),
     ("mismatched-close", "<think>t</answer><answer>x</answer>", V.UNBALANCED_TAG),
-    ("stray-text-between", "<think>t</think> so then <answer>x</answer>", V.STRAY_TEXT),
+    # Router-R1 accepts text between blocks (forbid_stray_text is the deviation that refuses it)
+    ("stray-text-between-is-valid", "<think>t</think> so then <answer>x</answer>", None),
     ("search-without-information", f"<think>t</think><search>{Q}: q</search><answer>x</answer>",
      V.SEARCH_WITHOUT_INFORMATION),
     ("information-without-search", f"<think>t</think>{INFO}<answer>x</answer>", V.INFORMATION_WITHOUT_SEARCH),
@@ -67,8 +77,23 @@ FORMAT_CASES = [
      V.SEARCH_PLACEHOLDER),
     ("placeholder-query", f"<think>t</think><search>{Q}: your sub-question</search>{INFO}<answer>x</answer>",
      V.SEARCH_PLACEHOLDER),
-    ("bracketed-placeholder", f"<think>t</think><search>[model]: capital?</search>{INFO}<answer>x</answer>",
+    ("r1-placeholder-llm-name", f"<think>t</think><search>LLM-Name: capital?</search>{INFO}<answer>x</answer>",
      V.SEARCH_PLACEHOLDER),
+    ("r1-placeholder-your-query", f"<think>t</think><search>{Q}: Your-Query</search>{INFO}<answer>x</answer>",
+     V.SEARCH_PLACEHOLDER),
+    ("placeholder-inside-a-query", f"<think>t</think><search>{Q}: capital? your-query</search>{INFO}"
+     "<answer>x</answer>", V.SEARCH_PLACEHOLDER),
+    # brackets are not placeholders: a bracketed name is an unknown model, a bracketed query is fine
+    ("bracketed-name", f"<think>t</think><search>[model]: capital?</search>{INFO}<answer>x</answer>",
+     V.SEARCH_UNKNOWN_MODEL),
+    ("bracketed-query-is-valid", f"<think>t</think><search>{Q}: (Jaws) who directed the 1975 film (Jaws)</search>"
+     f"{INFO}<answer>x</answer>", None),
+    ("name-in-query", f"<think>t</think><search>{Q}: is {Q} good at trivia?</search>{INFO}<answer>x</answer>",
+     V.SEARCH_NAME_IN_QUERY),
+    ("alias-in-query-any-case", f"<think>t</think><search>qwen2.5-7b: what is QWEN2.5-7B?</search>{INFO}"
+     "<answer>x</answer>", V.SEARCH_NAME_IN_QUERY),
+    ("other-model-in-query-is-valid", f"<think>t</think><search>{Q}: who makes Mistral-7B-Instruct?</search>{INFO}"
+     "<answer>x</answer>", None),
     ("unknown-model", f"<think>t</think><search>GPT-9: capital?</search>{INFO}<answer>x</answer>",
      V.SEARCH_UNKNOWN_MODEL),
     ("substring-lookalike-qwen-72b", f"<think>t</think><search>qwen-72b: q</search>{INFO}<answer>x</answer>",
@@ -187,3 +212,44 @@ def test_sanitized_reply_cannot_close_block_early(pool) -> None:
     response = f"<think>t</think><search>{Q}: q</search>{obs}<think>t</think><answer>Paris</answer>"
     assert [s.kind for s in split_segments(response)] == ["policy", "observation", "policy"]
     assert check_format(response, pool).valid and extract_answer(response) == "Paris"
+
+
+# ---------------------------------------------------------------------------------------------
+# Router-R1's rules and the named deviations (docs/scoring.md)
+# ---------------------------------------------------------------------------------------------
+
+DEVIATION_CASES = [
+    # (rules, response, first violation under those rules)
+    (FormatRules(forbid_stray_text=True), "<think>t</think> so then <answer>x</answer>", V.STRAY_TEXT),
+    (FormatRules(empty_answer_invalid=True), "<think>t</think><answer>  </answer>", V.EMPTY_ANSWER),
+    (FormatRules(placeholders=("tbd",)), f"<think>t</think><search>{Q}: TBD</search>{INFO}<answer>x</answer>",
+     V.SEARCH_PLACEHOLDER),
+    # with the default placeholders gone, our prompt's literal name is just an unknown model
+    (FormatRules(placeholders=()), f"<think>t</think><search>MODEL-NAME: q</search>{INFO}<answer>x</answer>",
+     V.SEARCH_UNKNOWN_MODEL),
+]
+
+
+@pytest.mark.parametrize(("rules", "response", "expected"), DEVIATION_CASES)
+def test_each_deviation_changes_only_its_rule(pool, rules, response: str, expected: V) -> None:
+    assert check_format(response, pool, rules).first == expected
+    assert check_format(response, pool).first != expected  # Router-R1's rules decide otherwise
+
+
+def test_the_params_default_is_router_r1(repo_root) -> None:
+    assert load_params(repo_root / "params.yaml").rollout.format.rules() == ROUTER_R1 == FormatRules()
+    assert ROUTER_R1.placeholders == ("llm-name", "your-query", "model-name", "your sub-question")
+
+
+def test_an_empty_placeholder_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^a placeholder must not be empty: it would flag every search$"):
+        FormatRules(placeholders=("llm-name", " "))
+
+
+def test_the_environment_skips_placeholders_but_executes_a_query_naming_its_model(pool) -> None:
+    # as in Router-R1: a placeholder search is not routed; a name in the query is routed, then scored -1
+    assert parse_turn(f"<search>{Q}: your-query</search>", pool) == Invalid(InvalidReason.PLACEHOLDER,
+                                                                            f"{Q}: your-query")
+    assert parse_turn(f"<search>{Q}: is {Q} good?</search>", pool) == Route(Q, f"is {Q} good?", Q)
+    assert parse_turn(f"<search>{Q}: TBD</search>", pool, FormatRules(placeholders=("tbd",))) == Invalid(
+        InvalidReason.PLACEHOLDER, f"{Q}: TBD")

@@ -7,7 +7,7 @@ GREEDY = Decoding("greedy", 0, 1.0, 0.95)
 
 
 def avg(system: str, em: float, micro_usd: float, **kw) -> SystemMetrics:
-    return SystemMetrics(system, "average", 420, em, em, 1.0, micro_usd * 1e-6, 1.0, **kw)
+    return SystemMetrics(system, "average", 420, em, em, 1.0, micro_usd * 1e-6, 1.0, em, **kw)
 
 
 # The crowded layout of a real local run: eleven systems, most between 20 and 46 micro-USD.

@@ -47,6 +47,21 @@ def test_f1_takes_best_alias() -> None:
     assert f1_score("x", ["y"]) == 0.0 and f1_score(None, ["y"]) == 0.0
 
 
+@pytest.mark.parametrize(("prediction", "golds", "f1"), [
+    # Router-R1's f1_score: yes, no and noanswer match only themselves
+    ("yes", ["yes it is"], 0.0),
+    ("yes it is", ["yes"], 0.0),
+    ("Yes.", ["yes"], 1.0),
+    ("no", ["yes"], 0.0),
+    # an empty side scores 0, even against an empty gold
+    ("", ["Paris"], 0.0),
+    ("the", [""], 0.0),
+    ("Paris", [], 0.0),
+])
+def test_f1_follows_router_r1(prediction, golds, f1) -> None:
+    assert f1_score(prediction, golds) == pytest.approx(f1)
+
+
 def test_cost_is_completion_tokens_times_output_price(pool) -> None:
     calls = [CallUsage(Q, 100, 50), CallUsage("Mixtral-8x22B-Instruct", 10, 0)]
     assert cost_usd(calls, pool) == pytest.approx(100 * 0.30e-6 + 10 * 1.20e-6)

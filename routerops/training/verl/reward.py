@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from routerops.config import Params
 from routerops.pool import Pool
+from routerops.protocol import ROUTER_R1, FormatRules
 from routerops.rewards import (
     CallUsage,
     CostNormalizer,
@@ -65,9 +66,9 @@ class SplitNormalizers:
         return self._by_split.get(split) or SlidingWindowNormalizer(self.window)
 
     def score(self, split: str, items: Sequence[ScoreItem], pool: Pool, alpha: float, outcome: Literal["em", "f1"],
-              include_prompt: bool) -> list[RewardBreakdown]:
+              include_prompt: bool, rules: FormatRules = ROUTER_R1) -> list[RewardBreakdown]:
         with self._lock:
-            out, nxt = score_batch(items, pool, alpha, self.get(split), outcome, include_prompt)
+            out, nxt = score_batch(items, pool, alpha, self.get(split), outcome, include_prompt, rules)
             self._seen[split] += len(items)
             if (self.mode == "frozen" and isinstance(nxt, SlidingWindowNormalizer)
                     and self._seen[split] >= self.window):
@@ -145,7 +146,7 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     split = str(extra.get("split") or "train")
     item = ScoreItem(solution_str, golden_answers(ground_truth), usages)
     (b,) = scorer.normalizers.score(split, [item], scorer.pool, rewards.alpha, rewards.outcome,
-                                    rewards.include_prompt_cost)
+                                    rewards.include_prompt_cost, scorer.params.rollout.format.rules())
     # "acc" is the key verl's validation treats as the core metric (val-core/<source>/acc/mean@N):
     # exact match, Router-R1's headline number; the reward itself stays under "score".
     result = {"score": float(b.reward), "acc": float(b.em), "format": float(b.format), "em": float(b.em),
