@@ -177,9 +177,9 @@ def test_eval_reprice_prints_old_against_new_and_draws_the_plot(tmp_path) -> Non
     assert "repriced 3 records from trajectories.parquet" in res.output and "(0 candidate calls)" in res.output
     # router: (100 x 1.20 + 200 x 0.30) / 2 = 90 micro-USD before; (100 x 12 + 200 x 0.30) / 2 = 630 after
     router = next(line for line in res.output.splitlines() if line.startswith("router "))
-    assert router.split()[1:] == ["0.500", "90.0", "630.0", "+600.0%"]
+    assert router.split()[1:] == ["0.500", "0.500", "90.0", "630.0", "+600.0%"]
     single = next(line for line in res.output.splitlines() if line.startswith(f"single:{Q}"))
-    assert single.split()[1:] == ["1.000", "15.0", "15.0", "+0.0%"]
+    assert single.split()[1:] == ["1.000", "1.000", "15.0", "15.0", "+0.0%"]
     assert plot.read_bytes()[:4] == b"\x89PNG" and f"Pareto plot under the new prices: {plot}" in res.output
 
 
