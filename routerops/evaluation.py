@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import Any, Literal
 
 from routerops.candidates.types import REPLY_ORIGINS, CallOrigin, CallResult, CandidateReply, FailureKind
 from routerops.pool import Candidate, Pool
-from routerops.rewards import exact_match, f1_score
+from routerops.rewards import exact_match, f1_score, normalize_answer
 from routerops.rollout import CallRecord
 
 __all__ = [
@@ -40,9 +41,12 @@ __all__ = [
     "aggregate",
     "baseline_choice",
     "comparison_baselines",
+    "contains_gold",
+    "direct_answer",
     "dominates",
     "oracle_choice",
     "paired_difference",
+    "provenance",
     "read_records",
     "reprice_records",
     "verdict",
@@ -66,6 +70,39 @@ PAPER: Mapping[str, Mapping[str, float]] = {
                                            "2wikimultihopqa": .274, "musique": .104, "bamboogle": .480},
 }
 PAPER_NQ_COST_MICRO_USD = {"alpha=0": 150.6, "alpha=0.6": 150.0, "alpha=0.9": 5.5}
+
+
+# `Answer: X` as a line of its own (any case, markdown bold around the label allowed), the format
+# the direct-answer instruction asks for; `<answer>X</answer>` as some models write instead.
+_ANSWER_LINE = re.compile(r"^\s*(?:\*\*)?(?:final\s+)?answer(?:\*\*)?\s*:\s*(?:\*\*)?\s*(.+?)\s*$",
+                          re.IGNORECASE | re.MULTILINE)
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+
+
+def direct_answer(reply: str) -> str | None:
+    """The short answer a baseline's reply states: its `Answer:` line, else an `<answer>` block,
+    else its first non-empty line as written (a sentence then fails exact match, as it would for
+    a user reading it); None for an empty reply."""
+    m = _ANSWER_LINE.search(reply) or _ANSWER_TAG.search(reply)
+    if m is not None:
+        return m.group(1).strip().strip("*").strip() or None
+    first = next((line.strip() for line in reply.splitlines() if line.strip()), "")
+    return first or None
+
+
+def _words(text: str) -> str:
+    # SQuAD normalisation, with punctuation read as a word break: `<answer>Paris</answer>` and
+    # "Paris." both hold the word "paris" (SQuAD's removal would glue "answerparisanswer").
+    return normalize_answer(re.sub(r"[^\w\s]", " ", text))
+
+
+def contains_gold(text: str | None, golds: Sequence[str]) -> float:
+    """1.0 when a gold alias appears as whole words in the text, both normalised (Router-R1's
+    `subem_check`, on word boundaries)."""
+    if not text:
+        return 0.0
+    padded = f" {_words(text)} "
+    return float(any(g and f" {g} " in padded for g in (_words(a) for a in golds)))
 
 
 @dataclass(frozen=True)
@@ -137,6 +174,12 @@ class EvalRecord:
     def em_any_format(self) -> float:
         return exact_match(self.answer, self.golden_answers)
 
+    @property
+    def contains_gold(self) -> float:
+        """A gold alias appears in what the system hands its user: the router's answer, or a
+        single call's whole reply (so a baseline that answers in a sentence is not lost)."""
+        return contains_gold(self.answer if self.system == "router" else self.response, self.golden_answers)
+
     def cost_usd(self, pool: Pool, include_prompt: bool = False) -> float:
         return sum(pool.get(c.model).cost_usd(c.completion_tokens, c.prompt_tokens, include_prompt)
                    for c in self.calls if c.ok)
@@ -166,6 +209,7 @@ class SystemMetrics:
     usd_per_question: float
     calls_per_question: float
     em_any_format: float  # correct whatever the format (Router-R1's reported EM)
+    contains_gold: float  # a gold alias appears in the answer (router) or the reply (single calls)
     call_share: dict[str, float] = field(default_factory=dict)
     latency_p50_s: float = 0.0
     latency_p95_s: float = 0.0
@@ -193,6 +237,7 @@ def _metrics(system: str, source: str, recs: Sequence[EvalRecord], pool: Pool,
         usd_per_question=sum(r.cost_usd(pool, include_prompt) for r in recs) / n,
         calls_per_question=total / n,
         em_any_format=sum(r.em_any_format for r in recs) / n,
+        contains_gold=sum(r.contains_gold for r in recs) / n,
         call_share={m: calls[m] / total for m in sorted(calls)} if total else {},
         latency_p50_s=_percentile([r.latency_s for r in recs], 0.5),
         latency_p95_s=_percentile([r.latency_s for r in recs], 0.95),
@@ -220,6 +265,7 @@ def aggregate(records: Iterable[EvalRecord], pool: Pool, include_prompt: bool = 
             usd_per_question=statistics.fmean(m.usd_per_question for m in per),
             calls_per_question=statistics.fmean(m.calls_per_question for m in per),
             em_any_format=statistics.fmean(m.em_any_format for m in per),
+            contains_gold=statistics.fmean(m.contains_gold for m in per),
             call_share=dict(sorted(shares.items())),
             latency_p50_s=statistics.fmean(m.latency_p50_s for m in per),
             latency_p95_s=statistics.fmean(m.latency_p95_s for m in per),
@@ -301,6 +347,13 @@ def stratified_bootstrap(deltas: Mapping[str, Sequence[Sequence[float]]], *, sam
     cis = tuple((_percentile([d[i] for d in draws], tail), _percentile([d[i] for d in draws], 1 - tail))
                 for i in range(width))
     return macro(deltas), cis
+
+
+def provenance(calls: Iterable[Call]) -> dict[str, int]:
+    """Calls per origin (`CallOrigin` values; every origin present, zeros included): where each
+    outcome came from, a recorded score as is, one calibration changed, a draw, an endpoint."""
+    counts = Counter(c.origin.value for c in calls)
+    return {o.value: counts[o.value] for o in CallOrigin}
 
 
 def read_records(path: str | Path) -> list[EvalRecord]:

@@ -116,23 +116,42 @@ def _row(cells: Sequence[Any]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+# Provenance columns: (heading, the `CallOrigin` values counted in it).
+_PROVENANCE = (("recorded score, as is", ("replay:recorded",)),
+               ("recorded, changed by calibration", ("replay:calibrated",)),
+               ("drawn from a prior", ("replay:prior",)),
+               ("endpoint or cache", ("http", "cache")),
+               ("failed or not called", ("failed", "unknown_model")))
+
+
+def _provenance_lines(provenance: Mapping[str, Mapping[str, int]]) -> list[str]:
+    lines = ["Where each candidate call's outcome came from, per phase of the run:", "",
+             _row(["phase", "calls", *(h for h, _ in _PROVENANCE)]), _row(["---"] * (2 + len(_PROVENANCE)))]
+    for phase, counts in provenance.items():
+        lines.append(_row([phase, sum(counts.values()), *(sum(counts.get(o, 0) for o in origins)
+                                                         for _, origins in _PROVENANCE)]))
+    return [*lines, ""]
+
+
 def _averages(metrics: Sequence[SystemMetrics], pool: Pool, decoding: Decoding,
-              replay: Mapping[str, Any]) -> list[str]:
+              provenance: Mapping[str, Mapping[str, int]]) -> list[str]:
     avg = {m.system: m for m in metrics if m.data_source == "average"}
     lines = [f"# Router evaluation (pool {pool.pricing.label}, snapshot {pool.snapshot_id})", "",
-             f"Decoding: {decoding.mode} (seed {decoding.seed}). "
-             f"Candidate replies: {replay.get('replayed_from_recorded', 0)} of {replay.get('calls', 0)} calls "
-             f"replayed from recorded scores, {replay.get('drawn_from_priors', 0)} drawn from priors.", "",
+             f"Decoding: {decoding.mode} (seed {decoding.seed}).", "",
+             *_provenance_lines(provenance),
              "## Averages (macro over benchmarks)", "",
              "EM and F1 count a response only when its format is valid (the reward gives an invalid one "
-             "-1); \"EM, any format\" reads the last answer whatever the format, as Router-R1 reports EM.", "",
-             _row(["system", "EM", "EM, any format", "F1", "format-valid", "micro-USD / question",
+             "-1); \"EM, any format\" reads the last answer whatever the format, as Router-R1 reports EM; "
+             "\"gold in reply\" is a gold alias anywhere in the router's answer or in a single call's reply "
+             "(baselines are asked for `Answer: <short answer>`, and EM reads that line).", "",
+             _row(["system", "EM", "EM, any format", "gold in reply", "F1", "format-valid", "micro-USD / question",
                    "calls / question", "p50 / p95 latency (s)", "candidate failures"]),
-             _row(["---"] * 9)]
+             _row(["---"] * 10)]
     order = ["router", "knn", "oracle", *FIXED_BASELINES, *sorted(s for s in avg if s.startswith("single:"))]
     for s in [s for s in order if s in avg]:
         m = avg[s]
-        lines.append(_row([s, f"{m.em:.3f}", f"{m.em_any_format:.3f}", f"{m.f1:.3f}", f"{m.format_valid:.3f}",
+        lines.append(_row([s, f"{m.em:.3f}", f"{m.em_any_format:.3f}", f"{m.contains_gold:.3f}", f"{m.f1:.3f}",
+                           f"{m.format_valid:.3f}",
                            f"{m.usd_per_question * 1e6:.1f}",
                            f"{m.calls_per_question:.2f}", f"{m.latency_p50_s:.3f} / {m.latency_p95_s:.3f}",
                            m.candidate_failures]))
@@ -169,7 +188,8 @@ def _differences(differences: Sequence[PairedDifference]) -> list[str]:
     return [*lines, ""]
 
 
-def render_report(metrics: Sequence[SystemMetrics], pool: Pool, decoding: Decoding, replay: Mapping[str, Any],
+def render_report(metrics: Sequence[SystemMetrics], pool: Pool, decoding: Decoding,
+                  provenance: Mapping[str, Mapping[str, int]],
                   plot: str | None = None, differences: Sequence[PairedDifference] = (),
                   verdict: Verdict | None = None) -> str:
     """The full report: averages, EM per benchmark beside the paper's, call share, verdict,
@@ -177,7 +197,7 @@ def render_report(metrics: Sequence[SystemMetrics], pool: Pool, decoding: Decodi
     avg = {m.system: m for m in metrics if m.data_source == "average"}
     per = {(m.system, m.data_source): m for m in metrics if m.data_source != "average"}
     benches = [b for b in BENCHMARKS if any(k[1] == b for k in per)]
-    lines = _averages(metrics, pool, decoding, replay)
+    lines = _averages(metrics, pool, decoding, provenance)
     lines += ["## Exact match per benchmark (ours, then Router-R1's paper numbers, labelled)", "",
               _row(["system", *benches, "avg"]), _row(["---"] * (len(benches) + 2))]
     for s in [s for s in ["router", "knn", "oracle", *FIXED_BASELINES] if s in avg]:
@@ -201,8 +221,9 @@ def render_report(metrics: Sequence[SystemMetrics], pool: Pool, decoding: Decodi
     return "\n".join(lines)
 
 
-def render_summary(metrics: Sequence[SystemMetrics], pool: Pool, decoding: Decoding, replay: Mapping[str, Any],
+def render_summary(metrics: Sequence[SystemMetrics], pool: Pool, decoding: Decoding,
+                   provenance: Mapping[str, Mapping[str, int]],
                    differences: Sequence[PairedDifference] = (), verdict: Verdict | None = None) -> str:
     """The short form that answers "should I deploy this router?": averages, verdict, intervals."""
-    return "\n".join(_averages(metrics, pool, decoding, replay) + _verdict_lines(verdict, differences)
+    return "\n".join(_averages(metrics, pool, decoding, provenance) + _verdict_lines(verdict, differences)
                      + _differences(differences))

@@ -13,6 +13,7 @@ call, the price-based baselines choosing again.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 
 from routerops.candidates.budget import RequestBudget, RunBudget
 from routerops.candidates.replay import ReplayStats
-from routerops.candidates.types import CallContext, CandidateBackend, CandidateReply, QuestionInfo
+from routerops.candidates.types import CallContext, CallTask, CandidateBackend, CandidateReply, QuestionInfo
 from routerops.config import Params, load_params
 from routerops.evaluation import (
     Call,
@@ -37,13 +38,15 @@ from routerops.evaluation import (
     Verdict,
     aggregate,
     comparison_baselines,
+    direct_answer,
     paired_difference,
+    provenance,
     verdict,
     with_baselines,
 )
 from routerops.io import atomic_dir, write_json_atomic
 from routerops.paths import default_params_file, default_pool_file, project_root
-from routerops.policy import build_policy, extract_reply_answer
+from routerops.policy import build_policy
 from routerops.pool import Pool, load_pool
 from routerops.progress import progress
 from routerops.protocol import check_format
@@ -78,12 +81,14 @@ class Outputs:
     decoding: Decoding
     pool: Pool
     knn: KnnEvidence
+    provenance: Mapping[str, Mapping[str, int]]  # phase -> calls per origin (`evaluation.provenance`)
 
 
 async def single_calls(questions: Sequence[QuestionInfo], pool: Pool, backend: CandidateBackend,
                        concurrency: int, desc: str, run_budget: RunBudget | None = None
                        ) -> dict[str, dict[str, EvalRecord]]:
-    """Each candidate called once per question with the question itself: {question id: {model: record}}.
+    """Each candidate called once per question with the question itself, asked for a short answer
+    (`CallTask.DIRECT`), its answer read by `direct_answer`: {question id: {model: record}}.
     Every call counts against `run_budget` (the run's, shared with the router's episodes); once it
     is spent the rest are refused (failure `budget`, no cost)."""
     sem = asyncio.Semaphore(concurrency)
@@ -92,10 +97,10 @@ async def single_calls(questions: Sequence[QuestionInfo], pool: Pool, backend: C
     async def one(q: QuestionInfo, model: str) -> EvalRecord:
         async with sem:
             start = time.perf_counter()
-            res = await backend.call(pool.get(model), q.text,
-                                     CallContext(question=q, budget=RequestBudget(None, run_budget)))
+            res = await backend.call(pool.get(model), q.text, CallContext(
+                question=q, budget=RequestBudget(None, run_budget), task=CallTask.DIRECT))
             bar.update(1)
-        answer = extract_reply_answer(res.text) if isinstance(res, CandidateReply) else None
+        answer = direct_answer(res.text) if isinstance(res, CandidateReply) else None
         text = res.text if isinstance(res, CandidateReply) else ""
         return EvalRecord(f"single:{model}", q.id, q.data_source, q.text, q.golden_answers, answer, True,
                           (Call.of_result(res),), time.perf_counter() - start, text)
@@ -166,13 +171,19 @@ def run(params: Params, inputs: Inputs) -> Outputs:
     records = with_baselines([*router, *(r for q in test for r in singles[q.id].values())], pool, seed=ep.seed,
                              knn=evidence, include_prompt=include_prompt)
     metrics = aggregate(records, pool, include_prompt)
+    meta = inputs.router_dir / "routerops.json"
+    trained = json.loads(meta.read_text()).get("provenance") if meta.is_file() else None
+    phases = {"training": trained,
+              "router": provenance(c for r in router for c in r.calls),
+              "baselines": provenance(c for q in test for r in singles[q.id].values() for c in r.calls),
+              "knn fit": provenance(c for q in train for r in knn_train[q.id].values() for c in r.calls)}
     differences = [paired_difference(records, pool, "router", b, samples=ep.bootstrap_samples,
                                      confidence=ep.confidence, seed=ep.seed, include_prompt=include_prompt)
                    for b in comparison_baselines(metrics)]
     stats: ReplayStats | None = backends.replay.stats if backends.replay else None
     return Outputs(tuple(records), tuple(metrics), tuple(differences), verdict(metrics, differences),
                    stats.summary() if stats else {}, Decoding(ep.decoding, ep.seed, ep.temperature, ep.top_p), pool,
-                   evidence)
+                   evidence, {k: v for k, v in phases.items() if v is not None})
 
 
 def _metric_values(m: SystemMetrics) -> dict[str, Any]:
@@ -187,7 +198,8 @@ def metrics_json(out: Outputs) -> dict[str, Any]:
         if m.data_source != "average":
             per_benchmark.setdefault(m.system, {})[m.data_source] = _metric_values(m)
     return {
-        "decoding": asdict(out.decoding), "replay": dict(out.replay), "pool_snapshot": out.pool.snapshot_id,
+        "decoding": asdict(out.decoding), "replay": dict(out.replay), "provenance": dict(out.provenance),
+        "pool_snapshot": out.pool.snapshot_id,
         "average": {m.system: _metric_values(m) for m in out.metrics if m.data_source == "average"},
         "per_benchmark": per_benchmark,
         "router_minus": {d.baseline: {"em": d.em, "em_ci": list(d.em_ci), "usd_per_question": d.usd_per_question,
@@ -204,9 +216,10 @@ def write(out: Outputs, out_dir: Path, metrics_path: Path) -> None:
         pq.write_table(pa.Table.from_pylist([r.as_row() for r in out.records]), tmp / "trajectories.parquet")
         out.knn.write(tmp)
         pareto_plot(out.metrics, tmp / "pareto.png", title=f"EM vs cost (pool {pool.pricing.label})")
-        (tmp / "report.md").write_text(render_report(out.metrics, pool, out.decoding, out.replay, plot="pareto.png",
-                                                     differences=out.differences, verdict=out.verdict))
-        (tmp / "summary.md").write_text(render_summary(out.metrics, pool, out.decoding, out.replay,
+        (tmp / "report.md").write_text(render_report(out.metrics, pool, out.decoding, out.provenance,
+                                                     plot="pareto.png", differences=out.differences,
+                                                     verdict=out.verdict))
+        (tmp / "summary.md").write_text(render_summary(out.metrics, pool, out.decoding, out.provenance,
                                                        differences=out.differences, verdict=out.verdict)
                                         + "\nBeside this file: the full report `report.md` and the Pareto plot "
                                           "`pareto.png`.\n")

@@ -53,8 +53,9 @@ def _markdown(s: Mapping[str, Any]) -> str:
     rows = [("questions", s["questions"]), ("exact match", f"{s['em']:.3f}"),
             ("format valid", f"{s['format_valid']:.3f}"), ("USD per question", f"{s['usd_per_question']:.8f}"),
             ("calls per question", f"{s['calls_per_question']:.2f}"),
-            ("calls replayed from recorded scores",
-             f"{s['replay']['replayed_from_recorded']} of {s['replay']['calls']}"),
+            ("recorded scores, as recorded", f"{s['replay']['recorded_as_is']} of {s['replay']['calls']}"),
+            ("recorded, changed by calibration", s["replay"]["recorded_changed_by_calibration"]),
+            ("drawn from priors", s["replay"]["drawn_from_priors"]),
             ("pool snapshot / prices", f"{s['pool_snapshot']} / {s['prices_id']}")]
     return "\n".join(["# Scripted router on real NQ questions (replay pool)", "", "| metric | value |", "|---|---|",
                       *(f"| {k} | {v} |" for k, v in rows), ""])

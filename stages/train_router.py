@@ -199,8 +199,10 @@ def _run_local(params: Params, inputs: Inputs, resumed: bool) -> Outputs:
                            TrainStats(start.reward, start.format_valid, start.em, start.usd_per_question,
                                       start.calls_per_question, start.call_share),
                            _stats(tail, inputs.pool), replay.stats.summary())
+    # Where the training's candidate outcomes came from, for the evaluation's provenance table
+    # (this process's calls: a resumed run counts only what it ran since the resume).
     return Outputs(InMemoryPolicy(result.model, result.tokenizer), summary, tuple(history),
-                   _meta(params, inputs.pool))
+                   {**_meta(params, inputs.pool), "provenance": replay.stats.by_origin()})
 
 
 def _run_verl(params: Params, inputs: Inputs, resumed: bool) -> Outputs:

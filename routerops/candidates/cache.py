@@ -30,6 +30,7 @@ from routerops.candidates.types import (
     CallContext,
     CallOrigin,
     CallResult,
+    CallTask,
     CandidateBackend,
     CandidateFailure,
     CandidateReply,
@@ -57,12 +58,13 @@ CREATE TABLE IF NOT EXISTS replies (
 _COLUMNS = "key, model, provider_model_id, text, prompt_tokens, completion_tokens, usage_estimated, created"
 
 
-def cache_key(candidate: Candidate, query: str) -> str:
-    """Hex sha256 of the canonical JSON of everything that determines the reply (not the price)."""
+def cache_key(candidate: Candidate, query: str, task: CallTask = CallTask.HELP) -> str:
+    """Hex sha256 of the canonical JSON of everything that determines the reply (not the price).
+    The task changes the message, so a baseline's reply never answers a router's call."""
     doc = {
         "v": _KEY_VERSION,
         "provider_model_id": candidate.provider_model_id,
-        "messages": candidate_messages(query),
+        "messages": candidate_messages(query, task),
         "sampling": candidate.sampling.model_dump(mode="json"),
         "max_tokens": candidate.max_tokens,
     }
@@ -283,7 +285,7 @@ class CachedBackend:
                 raise TypeError(f"CallContext.budget must have check() and charge(), got {type(budget).__name__}")
             if (reason := budget.check()) is not None:
                 return CandidateFailure(candidate.name, FailureKind.BUDGET, None, 0, reason)
-        key = cache_key(candidate, query)
+        key = cache_key(candidate, query, context.task if context is not None else CallTask.HELP)
         entry = await asyncio.to_thread(self.cache.get, key)
         if entry is not None:
             return self._hit(candidate, entry.text, entry.prompt_tokens, entry.completion_tokens,

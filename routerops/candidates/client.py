@@ -28,6 +28,7 @@ from routerops.candidates.types import (
     CallContext,
     CallOrigin,
     CallResult,
+    CallTask,
     CandidateFailure,
     CandidateReply,
     FailureKind,
@@ -75,11 +76,11 @@ def estimate_prompt_tokens(messages: list[dict[str, str]], counter: TokenCounter
     return sum(counter(m.get("content", "")) + _MESSAGE_OVERHEAD_TOKENS for m in messages) + _REPLY_PRIMING_TOKENS
 
 
-def request_body(candidate: Candidate, query: str) -> dict[str, Any]:
-    """The exact JSON body sent for (candidate, query); the cache keys on the same fields."""
+def request_body(candidate: Candidate, query: str, task: CallTask = CallTask.HELP) -> dict[str, Any]:
+    """The exact JSON body sent for (candidate, query, task); the cache keys on the same fields."""
     body: dict[str, Any] = {
         "model": candidate.provider_model_id,
-        "messages": candidate_messages(query),
+        "messages": candidate_messages(query, task),
         "temperature": candidate.sampling.temperature,
         "top_p": candidate.sampling.top_p,
         "max_tokens": candidate.max_tokens,
@@ -282,7 +283,7 @@ class OpenAIChatClient:
             return CandidateFailure(candidate.name, FailureKind.NOT_CONFIGURED, None, 0, "client is closed")
         self._bind_loop()
         url, key = resolved
-        body = request_body(candidate, query)
+        body = request_body(candidate, query, context.task if context is not None else CallTask.HELP)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
 
         last = _Attempt()

@@ -16,10 +16,18 @@ records' choice of *which* questions it gets right, but a recorded success stand
 probability prior / recorded rate (or a recorded failure is lifted with the complementary
 probability when the prior is higher), so every model's rate per source equals its prior.
 
-A correct reply states a gold alias in a sentence; a wrong one states another answer of the
-same source or declines. Completion tokens follow the candidate's mean (Router-R1's implied
-tokens per call) with deterministic +/-25 % jitter, so cost is realistic even though the reply
-text is one sentence.
+Provenance. Each reply says where its outcome came from (`CallOrigin`): a recorded score as
+is, a recorded score that calibration changed (that outcome is a coin flip, not a record), or
+a draw from the prior; `ReplayStats` counts the three.
+
+A correct reply to a router's call states a gold alias in a sentence; a wrong one states another
+answer of the same source or declines. Completion tokens follow the candidate's mean (Router-R1's
+implied tokens per helper call) with deterministic +/-25 % jitter, so cost is realistic even
+though the reply text is one sentence. A baseline's direct-answer call (`CallTask.DIRECT`) gets
+`Answer: X` (X a gold alias when correct, another answer or `unknown` when not) and is billed for
+the tokens of that line: a short answer is what the instruction asks for. The priors are
+Router-R1's measured single-model exact match, so an extractable answer on every correct reply
+reproduces them; how real replies are read is `routerops.evaluation.direct_answer`'s job.
 """
 
 from __future__ import annotations
@@ -31,10 +39,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from routerops.candidates.client import approx_token_count
 from routerops.candidates.types import (
     CallContext,
     CallOrigin,
     CallResult,
+    CallTask,
     CandidateFailure,
     CandidateReply,
     FailureKind,
@@ -126,22 +136,37 @@ class QualityMatrix:
 
 @dataclass
 class ReplayStats:
-    recorded: int = 0
-    prior: int = 0
+    recorded: int = 0  # a recorded score's outcome, as recorded
+    calibrated: int = 0  # a recorded score's outcome changed by calibration
+    prior: int = 0  # drawn from the prior
     per_model: Counter[str] = field(default_factory=Counter)
 
     @property
     def calls(self) -> int:
-        return self.recorded + self.prior
+        return self.recorded + self.calibrated + self.prior
 
     @property
     def replayed_share(self) -> float:
-        """Share of calls whose correctness came from a recorded score."""
+        """Share of calls whose outcome is a recorded score's, unchanged."""
         return self.recorded / self.calls if self.calls else 0.0
 
+    def count(self, origin: CallOrigin) -> None:
+        if origin is CallOrigin.REPLAY_RECORDED:
+            self.recorded += 1
+        elif origin is CallOrigin.REPLAY_CALIBRATED:
+            self.calibrated += 1
+        else:
+            self.prior += 1
+
+    def by_origin(self) -> dict[str, int]:
+        """The counts under the `CallOrigin` values the evaluation's provenance uses."""
+        return {CallOrigin.REPLAY_RECORDED.value: self.recorded, CallOrigin.REPLAY_CALIBRATED.value: self.calibrated,
+                CallOrigin.REPLAY_PRIOR.value: self.prior}
+
     def summary(self) -> dict[str, object]:
-        return {"calls": self.calls, "replayed_from_recorded": self.recorded, "drawn_from_priors": self.prior,
-                "replayed_share": round(self.replayed_share, 4), "per_model": dict(self.per_model)}
+        return {"calls": self.calls, "recorded_as_is": self.recorded, "recorded_changed_by_calibration":
+                self.calibrated, "drawn_from_priors": self.prior, "replayed_share": round(self.replayed_share, 4),
+                "per_model": dict(self.per_model)}
 
 
 class ReplayPool:
@@ -170,8 +195,9 @@ class ReplayPool:
                 bank.setdefault(q.data_source, []).append(q.golden_answers[0])
         return bank
 
-    def correct(self, candidate: Candidate, question: QuestionInfo) -> tuple[bool, bool]:
-        """(is the reply correct, was that read from a recorded score)."""
+    def correct(self, candidate: Candidate, question: QuestionInfo) -> tuple[bool, CallOrigin]:
+        """(is the reply correct, where that came from: a record as is, a record calibration
+        changed, or a draw from the prior)."""
         profile = candidate.replay
         if profile is None:
             raise ValueError(f"candidate {candidate.name!r} has no replay profile in the pool file")
@@ -179,7 +205,7 @@ class ReplayPool:
         if profile.matrix_model and self.matrix is not None:
             score = self.matrix.recorded(profile.matrix_model, question.text)
             if score is not None:
-                ok = score >= CORRECT_THRESHOLD
+                recorded = ok = score >= CORRECT_THRESHOLD
                 if self.calibrate:
                     source = self.matrix.sources[key]
                     rate = self.recorded_rate(profile.matrix_model, source)
@@ -189,9 +215,9 @@ class ReplayPool:
                         ok = u < prior / rate
                     elif not ok and prior > rate:
                         ok = u < (prior - rate) / (1.0 - rate)
-                return ok, True
+                return ok, CallOrigin.REPLAY_RECORDED if ok == recorded else CallOrigin.REPLAY_CALIBRATED
         p = profile.prior_for(question.data_source)
-        return _unit("correct", candidate.name, key, self.seed) < p, False
+        return _unit("correct", candidate.name, key, self.seed) < p, CallOrigin.REPLAY_PRIOR
 
     def recorded_rate(self, matrix_model: str, source: str) -> float:
         """Share of the matrix's `source` questions where `matrix_model` scored as correct."""
@@ -203,18 +229,22 @@ class ReplayPool:
                 sum(v >= CORRECT_THRESHOLD for v in rows) / len(rows) if rows else 0.0)
         return self._rates[(matrix_model, source)]
 
-    def reply_text(self, candidate: Candidate, question: QuestionInfo, correct: bool) -> str:
+    def reply_text(self, candidate: Candidate, question: QuestionInfo, correct: bool,
+                   task: CallTask = CallTask.HELP) -> str:
         key = question_key(question.text)
         u = _unit("text", candidate.name, key, self.seed)
+        direct = task is CallTask.DIRECT
         if correct and question.golden_answers:
             gold = question.golden_answers[int(u * len(question.golden_answers))]
-            return CORRECT_TEMPLATES[int(u * 997) % len(CORRECT_TEMPLATES)].format(a=gold)
+            return f"Answer: {gold}" if direct else CORRECT_TEMPLATES[int(u * 997) % len(CORRECT_TEMPLATES)].format(
+                a=gold)
         bank = [a for a in self.distractors.get(question.data_source, ())
                 if a not in question.golden_answers]
         if bank and _unit("decline", candidate.name, key, self.seed) >= self.decline_share:
             wrong = bank[int(_unit("wrong", candidate.name, key, self.seed) * len(bank))]
-            return WRONG_TEMPLATES[int(u * 991) % len(WRONG_TEMPLATES)].format(a=wrong)
-        return _DECLINES[int(u * 983) % len(_DECLINES)]
+            return f"Answer: {wrong}" if direct else WRONG_TEMPLATES[int(u * 991) % len(WRONG_TEMPLATES)].format(
+                a=wrong)
+        return "Answer: unknown" if direct else _DECLINES[int(u * 983) % len(_DECLINES)]
 
     def completion_tokens(self, candidate: Candidate, question: QuestionInfo, query: str) -> int:
         assert candidate.replay is not None
@@ -228,18 +258,18 @@ class ReplayPool:
             if refusal:
                 return CandidateFailure(candidate.name, FailureKind.BUDGET, None, 0, refusal)
         question = context.question if context and context.question else QuestionInfo(id=query, text=query)
-        correct, recorded = self.correct(candidate, question)
-        if recorded:
-            self.stats.recorded += 1
-        else:
-            self.stats.prior += 1
+        task = context.task if context else CallTask.HELP
+        correct, origin = self.correct(candidate, question)
+        self.stats.count(origin)
         self.stats.per_model[candidate.name] += 1
-        text = self.reply_text(candidate, question, correct)
+        text = self.reply_text(candidate, question, correct, task)
         # Word count stands in for the candidate's prompt tokens: Router-R1's cost ignores them,
         # and they only matter with include_prompt, where a real endpoint reports them.
-        prompt_tokens = sum(len(m["content"].split()) for m in candidate_messages(query))
-        completion = self.completion_tokens(candidate, question, query)
+        prompt_tokens = sum(len(m["content"].split()) for m in candidate_messages(query, task))
+        # A direct answer is billed for its line (plus the end token), a helper reply for the
+        # candidate's measured mean length.
+        completion = (approx_token_count(text) + 1 if task is CallTask.DIRECT
+                      else self.completion_tokens(candidate, question, query))
         if budget is not None:
             budget.charge(candidate.cost_usd(completion, prompt_tokens))
-        return CandidateReply(candidate.name, text, prompt_tokens, completion, 0.0, 1, False,
-                              CallOrigin.REPLAY_RECORDED if recorded else CallOrigin.REPLAY_PRIOR)
+        return CandidateReply(candidate.name, text, prompt_tokens, completion, 0.0, 1, False, origin)

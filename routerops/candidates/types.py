@@ -14,6 +14,7 @@ __all__ = [
     "CallContext",
     "CallOrigin",
     "CallResult",
+    "CallTask",
     "CandidateBackend",
     "CandidateFailure",
     "CandidateReply",
@@ -30,8 +31,24 @@ HELPER_INSTRUCTION = (
 )
 
 
-def candidate_messages(query: str) -> list[dict[str, str]]:
-    """The single user message sent to a candidate (Router-R1: instruction + sub-question)."""
+# A baseline's call: the question itself, answered short in a stated format, as Router-R1's
+# direct-answer baselines ask, so the answer is read from the reply the way a user would read it.
+DIRECT_INSTRUCTION = (
+    "Answer the question below. Reply with the short answer only (a name, a date, a number or a "
+    "few words), on one line, in the form\nAnswer: <short answer>"
+)
+
+
+class CallTask(enum.StrEnum):
+    HELP = "help"  # the router's sub-question: help it answer (Router-R1's helper instruction)
+    DIRECT = "direct"  # a baseline: answer the question itself, short, as `Answer: ...`
+
+
+def candidate_messages(query: str, task: CallTask = CallTask.HELP) -> list[dict[str, str]]:
+    """The single user message sent to a candidate: instruction + sub-question (Router-R1's
+    helper call), or, for a baseline, the direct-answer instruction + the question."""
+    if task is CallTask.DIRECT:
+        return [{"role": "user", "content": f"{DIRECT_INSTRUCTION}\n\nQuestion: {query.strip()}"}]
     return [{"role": "user", "content": f"{HELPER_INSTRUCTION}\n\nRequest: {query.strip()}"}]
 
 
@@ -45,17 +62,19 @@ class FailureKind(enum.StrEnum):
 
 
 class CallOrigin(enum.StrEnum):
-    """Where a call's outcome came from. The first four are replies; the last two are not."""
+    """Where a call's outcome came from. The first five are replies; the last two are not."""
 
     HTTP = "http"                        # an OpenAI-compatible endpoint answered
     CACHE = "cache"                      # the response cache answered (a reply paid for earlier)
-    REPLAY_RECORDED = "replay:recorded"  # offline replay pool, correctness from a recorded score
+    REPLAY_RECORDED = "replay:recorded"  # offline replay pool, the recorded score's outcome as is
+    REPLAY_CALIBRATED = "replay:calibrated"  # a recorded outcome that calibration changed (a draw, really)
     REPLAY_PRIOR = "replay:prior"        # offline replay pool, correctness drawn from a prior
     FAILED = "failed"                    # the backend returned a CandidateFailure (see its kind)
     UNKNOWN_MODEL = "unknown_model"      # the router named no model of the pool: nothing was called
 
 
-REPLY_ORIGINS = frozenset({CallOrigin.HTTP, CallOrigin.CACHE, CallOrigin.REPLAY_RECORDED, CallOrigin.REPLAY_PRIOR})
+REPLY_ORIGINS = frozenset({CallOrigin.HTTP, CallOrigin.CACHE, CallOrigin.REPLAY_RECORDED, CallOrigin.REPLAY_CALIBRATED,
+                           CallOrigin.REPLAY_PRIOR})
 
 
 @dataclass(frozen=True)
@@ -108,6 +127,7 @@ class CallContext:
     question: QuestionInfo | None = None
     budget: Budget | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    task: CallTask = CallTask.HELP
 
 
 @runtime_checkable

@@ -103,7 +103,9 @@ def test_ask_replay_prints_trace_calls_and_dollars() -> None:
     assert res.exit_code == 0, res.output
     assert "gold: Ben Gibbard" in res.stdout
     assert f"<search>{Q}: who wrote i will follow you into the dark?</search>" in res.stdout
-    assert "[replay:recorded]" in res.stdout and "micro-USD" in res.stdout
+    # Qwen's recorded success on this matrix question is one calibration thins (deterministically):
+    # the trace says the outcome is a draw over a record, not the record
+    assert "[replay:calibrated]" in res.stdout and "micro-USD" in res.stdout
 
 
 def test_ask_json_and_errors() -> None:

@@ -15,6 +15,8 @@ from routerops.evaluation import (
     aggregate,
     baseline_choice,
     comparison_baselines,
+    contains_gold,
+    direct_answer,
     dominates,
     oracle_choice,
     paired_difference,
@@ -210,7 +212,7 @@ def test_paired_difference_rejects_bad_input(pool, kwargs, error) -> None:
 
 
 def avg(system: str, em: float, micro_usd: float) -> SystemMetrics:
-    return SystemMetrics(system, "average", 10, em, em, 1.0, micro_usd * 1e-6, 1.0, em)
+    return SystemMetrics(system, "average", 10, em, em, 1.0, micro_usd * 1e-6, 1.0, em, em)
 
 
 @pytest.mark.parametrize(("a", "b", "expected"), [
@@ -245,7 +247,7 @@ def test_comparison_baselines_are_the_fixed_ones_and_the_singles_pareto_front() 
                avg("single:Mixtral", 0.29, 20.4),  # on the front: best at the lowest cost
                avg("single:Llama70", 0.30, 154.9),  # on the front: most accurate
                avg("single:Gemma", 0.22, 42.6),  # dominated by Mixtral
-               SystemMetrics("single:Gemma", "nq", 10, 0.9, 0.9, 1.0, 1e-6, 1.0, 0.9)]  # per-benchmark rows ignored
+               SystemMetrics("single:Gemma", "nq", 10, 0.9, 0.9, 1.0, 1e-6, 1.0, 0.9, 0.9)]  # per-benchmark rows ignored
     assert comparison_baselines(metrics) == ["random", "cheapest", "knn", "single:Mixtral", "single:Llama70"]
     assert comparison_baselines([m for m in metrics if m.system != "router"]) == []
 
@@ -271,3 +273,54 @@ def test_unknown_model_calls_are_not_candidate_failures(pool) -> None:
             rec("router", "b", "nq", "x", ["y"], [Call(MIX, CallOrigin.FAILED, failure=FailureKind.CONNECT)])]
     (nq, _avg) = aggregate(recs, pool)
     assert (nq.candidate_failures, nq.calls_per_question, nq.usd_per_question) == (1, 0.0, 0.0)
+
+
+# Replies as real endpoints write them to the direct-answer instruction, and what is read from them.
+DIRECT_REPLIES = [
+    ("Answer: Paris", "Paris", 1.0),
+    ("Answer: Paris.", "Paris.", 1.0),
+    ("answer: paris", "paris", 1.0),
+    ("**Answer:** Paris", "Paris", 1.0),
+    ("**Answer: Paris**", "Paris", 1.0),
+    ("Final answer: Paris", "Paris", 1.0),
+    ('Answer: "Paris"', '"Paris"', 1.0),
+    ("The capital of France is Paris.\nAnswer: Paris", "Paris", 1.0),
+    ("Answer: Paris\n\nExplanation: Paris has been the capital since 987.", "Paris", 1.0),
+    ("<answer>Paris</answer>", "Paris", 1.0),
+    ("Paris", "Paris", 1.0),
+    ("  Paris.\n", "Paris.", 1.0),
+    # a sentence is not a short answer: exact match fails, the gold is still in the reply
+    ("Paris is the capital of France.", "Paris is the capital of France.", 0.0),
+    ("I'm not sure, but I think it is Paris.", "I'm not sure, but I think it is Paris.", 0.0),
+    ("Answer: It is Paris.", "It is Paris.", 0.0),
+    ("Answer: unknown", "unknown", 0.0),
+    ("", None, 0.0),
+    ("   \n ", None, 0.0),
+]
+
+
+@pytest.mark.parametrize(("reply", "answer", "em"), DIRECT_REPLIES, ids=[r[0][:30] or "empty" for r in DIRECT_REPLIES])
+def test_a_baselines_answer_is_read_from_real_shaped_replies(reply: str, answer: str | None, em: float) -> None:
+    assert direct_answer(reply) == answer
+    r = rec("single:M", "q", "nq", direct_answer(reply), ["Paris"], [])
+    assert r.em == em
+    assert dataclasses.replace(r, response=reply).contains_gold == float("paris" in reply.lower())
+
+
+@pytest.mark.parametrize(("text", "golds", "found"), [
+    ("Paris is the capital of France.", ["Paris"], 1.0),
+    ("the Beatles", ["Beatles"], 1.0),  # articles and punctuation normalised away
+    ("Parisian cafes", ["Paris"], 0.0),  # whole words only
+    ("in 1969, I think", ["1969"], 1.0),
+    ("", ["Paris"], 0.0),
+    (None, ["Paris"], 0.0),
+    ("Paris", [""], 0.0),  # an empty alias matches nothing
+])
+def test_contains_gold(text, golds, found) -> None:
+    assert contains_gold(text, golds) == found
+
+
+def test_the_router_is_credited_for_its_answer_not_for_replies_in_its_trajectory() -> None:
+    r = EvalRecord("router", "q", "nq", "q?", ("Paris",), "Lyon", True, (),
+                   response="<information>It is Paris.</information><answer>Lyon</answer>")
+    assert (r.em, r.contains_gold) == (0.0, 0.0)

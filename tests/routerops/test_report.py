@@ -7,7 +7,7 @@ GREEDY = Decoding("greedy", 0, 1.0, 0.95)
 
 
 def avg(system: str, em: float, micro_usd: float, **kw) -> SystemMetrics:
-    return SystemMetrics(system, "average", 420, em, em, 1.0, micro_usd * 1e-6, 1.0, em, **kw)
+    return SystemMetrics(system, "average", 420, em, em, 1.0, micro_usd * 1e-6, 1.0, em, em, **kw)
 
 
 # The crowded layout of a real local run: eleven systems, most between 20 and 46 micro-USD.
@@ -51,19 +51,20 @@ def diff(baseline: str, em: float, em_ci: tuple[float, float], usd: float, usd_c
 def test_report_states_dominance_significance_and_oracle_distance(pool) -> None:
     differences = [diff("random", 0.026, (-0.029, 0.081), -22.7, (-27.2, -18.3)),
                    diff("single:Mixtral-8x22B-Instruct", -0.052, (-0.074, -0.031), 3.3, (2.5, 4.2))]
-    replay = {"calls": 10, "replayed_from_recorded": 4, "drawn_from_priors": 6}
-    text = render_report(CROWDED, pool, GREEDY, replay, plot="pareto.png", differences=differences,
+    provenance = {"router": {"replay:recorded": 3, "replay:calibrated": 1, "replay:prior": 6},
+                  "baselines": {"replay:prior": 9, "failed": 1}}
+    text = render_report(CROWDED, pool, GREEDY, provenance, plot="pareto.png", differences=differences,
                          verdict=verdict(CROWDED, differences))
+    assert "| router | 10 | 3 | 1 | 6 | 0 | 0 |" in text and "| baselines | 10 | 0 | 0 | 9 | 0 | 1 |" in text
     assert ("The router dominates the random baseline (EM 0.240 vs 0.214, 23.8 vs 46.4 micro-USD). "
             "At 95% (paired bootstrap) the EM difference is not significant (-0.029 .. +0.081) and the cost "
             "difference is significant (-27.2 .. -18.3 micro-USD).") in text
     assert "Distance from the oracle (an upper bound): EM +0.558, cost +8.9 micro-USD per question." in text
     assert "| single:Mixtral-8x22B-Instruct | 420 | -0.052 | -0.074 .. -0.031 | +3.3 | +2.5 .. +4.2 |" in text
     assert "| Router-R1-Qwen (paper, alpha=0) |" in text  # the paper's numbers, labelled as the paper's
-    assert "Candidate replies: 4 of 10 calls replayed from recorded scores, 6 drawn from priors." in text
     assert text.rstrip().endswith("![EM against cost](pareto.png)")
     # the summary is the report's answer to "deploy it?": averages, verdict and intervals, no more
-    summary = render_summary(CROWDED, pool, GREEDY, replay, differences, verdict(CROWDED, differences))
+    summary = render_summary(CROWDED, pool, GREEDY, provenance, differences, verdict(CROWDED, differences))
     assert "Distance from the oracle (an upper bound): EM +0.558" in summary
     assert "| single:Mixtral-8x22B-Instruct | 420 | -0.052 |" in summary
     assert "Exact match per benchmark" not in summary and "Router-R1-Qwen" not in summary

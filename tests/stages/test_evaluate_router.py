@@ -15,6 +15,7 @@ from routerops.evaluation import (
     EvalRecord,
     KnnEvidence,
     aggregate,
+    provenance,
     reprice_records,
     verdict,
     with_baselines,
@@ -94,10 +95,10 @@ def test_candidate_outage_is_counted_and_outputs_are_written(pool, tmp_path) -> 
 
     metrics = tuple(aggregate(recs, pool))
     out = Outputs(tuple(recs), metrics, (), verdict(metrics), {}, Decoding("greedy", 0, 1.0, 0.95), pool,
-                  KnnEvidence(0.5, (), {}))
+                  KnnEvidence(0.5, (), {}), {"baselines": provenance(c for r in recs for c in r.calls)})
     write(out, tmp_path / "evaluation", tmp_path / "metrics.json")
     report = (tmp_path / "evaluation" / "report.md").read_text()
-    assert "| single:Mixtral-8x22B-Instruct | 0.000 | 0.000 | 0.000 | 1.000 | 0.0 | 0.00 |" in report
+    assert "| single:Mixtral-8x22B-Instruct | 0.000 | 0.000 | 0.000 | 0.000 | 1.000 | 0.0 | 0.00 |" in report
     assert (tmp_path / "evaluation" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     summary = (tmp_path / "evaluation" / "summary.md").read_text()
     assert summary.startswith("# Router evaluation") and "Exact match per benchmark" not in summary
@@ -107,7 +108,7 @@ def test_candidate_outage_is_counted_and_outputs_are_written(pool, tmp_path) -> 
     nq = metrics["per_benchmark"]["single:Qwen2.5-7B-Instruct"]["nq"]
     assert nq["questions"] == len(QUESTIONS) and nq["call_share"] == {"Qwen2.5-7B-Instruct": 1.0}
     assert nq["candidate_failures"] == 0
-    assert set(nq) == {"questions", "em", "f1", "format_valid", "usd_per_question", "calls_per_question", "em_any_format",
+    assert set(nq) == {"questions", "em", "f1", "format_valid", "usd_per_question", "calls_per_question", "em_any_format", "contains_gold",
                        "call_share", "latency_p50_s", "latency_p95_s", "candidate_failures"}
     assert metrics["verdict"] is None and metrics["router_minus"] == {}  # no router was evaluated
 

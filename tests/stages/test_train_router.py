@@ -68,7 +68,8 @@ def test_short_local_run_learns_the_format(repo_root, pool, dataset, shared_data
     assert (s.backend, s.steps, s.resumed, s.final_window_steps) == ("local", TINY["grpo_steps"], False, 4)
     assert s.start is not None and s.final is not None and set(s.final.call_share) == set(pool.names)
     assert s.replay is not None
-    assert s.replay["calls"] == s.replay["replayed_from_recorded"] + s.replay["drawn_from_priors"]
+    assert s.replay["calls"] == (s.replay["recorded_as_is"] + s.replay["recorded_changed_by_calibration"]
+                                 + s.replay["drawn_from_priors"])
     assert s.replay["calls"] >= TINY["sft_examples"]  # every synthetic warm-start trajectory calls a model
 
     write(out, tmp_path / "router", tmp_path / "train.json", tmp_path / "history.csv")

@@ -19,6 +19,7 @@ import pytest
 from routerops.candidates import (
     CallContext,
     CallResult,
+    CallTask,
     CandidateFailure,
     CandidateReply,
     ClientConfig,
@@ -31,6 +32,7 @@ from routerops.candidates import (
     estimate_prompt_tokens,
     parse_retry_after,
 )
+from routerops.candidates.cache import cache_key
 from routerops.pool import Candidate
 from routerops.testing.fakeserver import (
     FakeOpenAIServer,
@@ -66,6 +68,18 @@ def run_one(client: OpenAIChatClient, candidate: Candidate, query: str = QUERY,
             return await client.call(candidate, query, context)
 
     return asyncio.run(go())
+
+
+def test_a_baselines_call_sends_the_direct_answer_instruction(server: FakeOpenAIServer, make_client: MakeClient,
+                                                             qwen: Candidate) -> None:
+    result = run_one(make_client(), qwen, context=CallContext(task=CallTask.DIRECT))
+    assert isinstance(result, CandidateReply)
+    ((model, messages),) = server.requests
+    assert model == qwen.provider_model_id
+    assert messages == candidate_messages(QUERY, CallTask.DIRECT) != candidate_messages(QUERY)
+    assert messages[0]["content"].endswith(f"in the form\nAnswer: <short answer>\n\nQuestion: {QUERY}")
+    # the response cache keys on the message, so a baseline's reply never answers a router's call
+    assert cache_key(qwen, QUERY, CallTask.DIRECT) != cache_key(qwen, QUERY)
 
 
 def test_success_with_usage(server: FakeOpenAIServer, make_client: MakeClient, qwen: Candidate) -> None:

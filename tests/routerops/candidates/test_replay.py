@@ -7,7 +7,16 @@ import pytest
 
 from routerops.candidates.budget import RequestBudget
 from routerops.candidates.replay import QualityMatrix, ReplayPool, question_key
-from routerops.candidates.types import CallContext, CandidateFailure, CandidateReply, FailureKind, QuestionInfo
+from routerops.candidates.types import (
+    CallContext,
+    CallOrigin,
+    CallTask,
+    CandidateFailure,
+    CandidateReply,
+    FailureKind,
+    QuestionInfo,
+    candidate_messages,
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +63,23 @@ def test_calibration_matches_priors_and_keeps_the_records_choice(matrix, pool) -
         assert sum(after) / len(nq) == pytest.approx(prior, abs=0.04)
         assert all(b for a, b in zip(after, before, strict=True) if a)  # only ever drops successes
         assert cal.recorded_rate(cand.replay.matrix_model, "nq") == pytest.approx(sum(before) / len(nq))
-    assert all(cal.correct(pool.get("Mistral-7B-Instruct"), q)[1] for q in nq)  # still read from records
+        # an outcome calibration changed is a coin flip and says so; one it kept is the record's
+        origins = [cal.correct(cand, q)[1] for q in nq]
+        assert [o is CallOrigin.REPLAY_CALIBRATED for o in origins] == [a != b for a, b in
+                                                                        zip(after, before, strict=True)]
+        assert set(origins) == {CallOrigin.REPLAY_RECORDED, CallOrigin.REPLAY_CALIBRATED}
+
+
+def test_stats_count_each_provenance(matrix, pool) -> None:
+    rp = ReplayPool(matrix)
+    nq = [q for q in matrix.questions.values() if q.data_source == "nq"][:100]
+    replies = [call(rp, c, q) for q in nq for c in (pool.get("Mistral-7B-Instruct"), pool.get("Gemma-2-27B-Instruct"))]
+    by = Counter(r.origin for r in replies)
+    assert rp.stats.by_origin() == {"replay:recorded": by[CallOrigin.REPLAY_RECORDED],
+                                    "replay:calibrated": by[CallOrigin.REPLAY_CALIBRATED],
+                                    "replay:prior": by[CallOrigin.REPLAY_PRIOR]}
+    assert by[CallOrigin.REPLAY_PRIOR] == 100  # Gemma is not in the matrix
+    assert by[CallOrigin.REPLAY_CALIBRATED] > 0 and rp.stats.calls == 200
 
 
 def test_calibration_lifts_recorded_failures_when_the_prior_is_higher(matrix, pool) -> None:
@@ -123,6 +148,21 @@ def test_completion_tokens_jitter_around_the_mean(pool) -> None:
     # Deterministic hash jitter in [0.75, 1.25) x mean, rounded: bounds, and a mean near the mean.
     assert min(tokens) >= 0.75 * mean - 1 and max(tokens) <= 1.25 * mean + 1
     assert sum(tokens) / len(tokens) == pytest.approx(mean, rel=0.05)
+
+
+def test_a_direct_answer_call_gets_a_short_answer_billed_for_its_length(pool) -> None:
+    rp = ReplayPool(None, {"nq": ["Lisbon", "Oslo"]})
+    cand = pool.get("Qwen2.5-7B-Instruct")
+    for i in range(40):
+        q = QuestionInfo(f"q{i}", f"q {i}", "nq", ("Paris",))
+        ok = rp.correct(cand, q)[0]
+        reply = asyncio.run(rp.call(cand, q.text, CallContext(question=q, task=CallTask.DIRECT)))
+        assert isinstance(reply, CandidateReply)
+        assert reply.text == "Answer: Paris" if ok else reply.text in {"Answer: Lisbon", "Answer: Oslo",
+                                                                        "Answer: unknown"}
+        # the line's tokens plus the end token: far below the helper reply's mean
+        assert reply.completion_tokens == -(-len(reply.text.encode()) // 4) + 1
+        assert reply.prompt_tokens == sum(len(m["content"].split()) for m in candidate_messages(q.text, CallTask.DIRECT))
 
 
 def test_budget_refusal_makes_no_draw(pool) -> None:
