@@ -125,6 +125,7 @@ class CandidatesParams(_Section):
     replay_seed: int
     replay_decline_share: float = Field(ge=0, le=1)
     replay_calibrate: bool
+    replay_correlated: bool
 
 
 class DemoParams(_Section):

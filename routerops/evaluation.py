@@ -15,6 +15,7 @@ import math
 import random
 import re
 import statistics
+import string
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -90,10 +91,13 @@ def direct_answer(reply: str) -> str | None:
     return first or None
 
 
+_PUNCT_RE = re.compile(f"[{re.escape(string.punctuation)}]")  # SQuAD's punctuation; symbols such as 🀐 stay
+
+
 def _words(text: str) -> str:
     # SQuAD normalisation, with punctuation read as a word break: `<answer>Paris</answer>` and
     # "Paris." both hold the word "paris" (SQuAD's removal would glue "answerparisanswer").
-    return normalize_answer(re.sub(r"[^\w\s]", " ", text))
+    return normalize_answer(_PUNCT_RE.sub(" ", text))
 
 
 def contains_gold(text: str | None, golds: Sequence[str]) -> float:

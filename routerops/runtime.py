@@ -67,7 +67,8 @@ def replay_pool(p: CandidatesParams, data_dir: Path, distractor_questions: Itera
     matrix = QualityMatrix.load(data_dir / MATRIX_DIR)
     questions = list(distractor_questions) or list(matrix.questions.values())
     return ReplayPool(matrix, ReplayPool.distractors_from(questions), seed=p.replay_seed,
-                      decline_share=p.replay_decline_share, calibrate=p.replay_calibrate)
+                      decline_share=p.replay_decline_share, calibrate=p.replay_calibrate,
+                      correlated=p.replay_correlated)
 
 
 def build_backend(p: CandidatesParams, *, data_dir: Path, distractor_questions: Iterable[QuestionInfo] = (),

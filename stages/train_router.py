@@ -154,7 +154,7 @@ def fingerprint(params: Params, inputs: Inputs) -> str:
                          "rewards": params.rewards.model_dump(), "rollout": params.rollout.model_dump(),
                          "prompt": params.prompt.model_dump(), "profile": params.profile,
                          "replay": [params.candidates.replay_seed, params.candidates.replay_decline_share,
-                                    params.candidates.replay_calibrate],
+                                    params.candidates.replay_calibrate, params.candidates.replay_correlated],
                          "pool": inputs.pool.snapshot_id, "code": code}, sort_keys=True).encode())
     h.update(hashlib.sha256(split_path(inputs.dataset_dir, "train").read_bytes()).digest())
     return h.hexdigest()[:16]

@@ -1,10 +1,12 @@
 """Offline replay pool: candidate replies without a network, grounded in measured quality.
 
 For a (model, question) pair found in the real quality matrix (../shared/data/pool/, nine
-NIM-served models scored per question) the reply is correct exactly when the recorded score is
->= 0.5 (NQ/TriviaQA rows there are F1-style, mostly 0 or 1). Otherwise correctness is drawn
-from the candidate's per-source prior in pool.yaml, deterministically from a hash of
-(model, question, seed). Correctness is keyed on the episode's question, not the router's
+NIM-served models scored per question) the record decides: a score >= 0.5 is correct (NQ/TriviaQA
+rows there are F1-style, mostly 0 or 1). Otherwise correctness is drawn at the candidate's
+per-source prior in pool.yaml, deterministically from hashes of (model, question, seed), through
+a latent difficulty every candidate shares on that question, fitted on the matrix so that models
+agree as the matrix's do (`routerops.candidates.latent`; on matrix questions the latent is
+inferred from the records). Correctness is keyed on the episode's question, not the router's
 sub-question: the sub-question is the router's paraphrase of the same need.
 
 Calibration (on by default). The recorded scores are F1-style and far more lenient than the
@@ -14,7 +16,9 @@ models score 0.35-0.46 against priors of 0.14-0.24. Mixed raw, they hand the rec
 ranking that is wrong everywhere else. Calibrated, each recorded (model, source) keeps its
 records' choice of *which* questions it gets right, but a recorded success stands with
 probability prior / recorded rate (or a recorded failure is lifted with the complementary
-probability when the prior is higher), so every model's rate per source equals its prior.
+probability when the prior is higher), so every model's rate per source equals its prior; which
+successes go is decided by the latent difficulty (the hardest first), not by independent coins,
+so calibrated models keep agreeing with one another.
 
 Provenance. Each reply says where its outcome came from (`CallOrigin`): a recorded score as
 is, a recorded score that calibration changed (that outcome is a coin flip, not a record), or
@@ -39,7 +43,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from routerops.candidates.client import approx_token_count
+from routerops.candidates.latent import FactorFit, LatentOutcomes, fit_loadings, threshold
 from routerops.candidates.types import (
     CallContext,
     CallOrigin,
@@ -84,6 +91,22 @@ def question_key(text: str) -> str:
     return " ".join(text.split()).casefold().rstrip("?").strip()
 
 
+def _below(y: float, prior: float) -> bool:
+    """Correct: y under the prior's threshold (exactly never at 0, always at 1)."""
+    return prior >= 1.0 or (prior > 0.0 and y < threshold(prior))
+
+
+# One fit per loaded matrix (it takes about half a second): keyed by identity, the matrix kept.
+_FITS: dict[int, tuple[QualityMatrix, dict[str, FactorFit]]] = {}
+
+
+def _fits(matrix: QualityMatrix) -> dict[str, FactorFit]:
+    hit = _FITS.get(id(matrix))
+    if hit is None or hit[0] is not matrix:
+        hit = _FITS[id(matrix)] = (matrix, matrix.fit())
+    return hit[1]
+
+
 def _unit(*parts: object) -> float:
     """A deterministic number in [0, 1) from the parts (SHA-256, first 8 bytes)."""
     h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
@@ -97,12 +120,14 @@ class QualityMatrix:
     scores: Mapping[str, Mapping[str, float]]
     sources: Mapping[str, str]
     questions: Mapping[str, QuestionInfo]  # the matrix's own questions with their gold answer
+    splits: Mapping[str, str]  # the matrix's split of each question: train or test
 
     @classmethod
     def load(cls, pool_dir: str | Path) -> QualityMatrix:
         d = Path(pool_dir)
         task_of: dict[str, str] = {}
         infos: dict[str, QuestionInfo] = {}
+        split_of: dict[str, str] = {}
         for split in ("train", "test"):
             path = d / f"llmrouter_queries_{split}.jsonl"
             with path.open(encoding="utf-8") as fh:
@@ -115,6 +140,7 @@ class QualityMatrix:
                     if source:
                         key = question_key(row["query"])
                         task_of[key] = source
+                        split_of[key] = split
                         infos[key] = QuestionInfo(f"llmrouter-{split}-{lineno}", row["query"], source,
                                                   (str(row["ground_truth"]),))
         scores: dict[str, dict[str, float]] = {}
@@ -124,7 +150,26 @@ class QualityMatrix:
                 key = question_key(row["question"])
                 if key in task_of:
                     scores[key] = {m: float(s) for m, s in row["scores"].items()}
-        return cls(scores, {k: task_of[k] for k in scores}, {k: infos[k] for k in scores})
+        return cls(scores, {k: task_of[k] for k in scores}, {k: infos[k] for k in scores},
+                   {k: split_of[k] for k in scores})
+
+    def outcomes(self, source: str, split: str = "train") -> tuple[tuple[str, ...], np.ndarray]:
+        """The models and the correct/incorrect table (questions x models) of one source's split,
+        over the questions every model was scored on."""
+        keys = [k for k in sorted(self.scores) if self.sources[k] == source and self.splits[k] == split]
+        models = tuple(sorted({m for k in keys for m in self.scores[k]}))
+        rows = [[self.scores[k][m] >= CORRECT_THRESHOLD for m in models] for k in keys
+                if all(m in self.scores[k] for m in models)]
+        return models, np.array(rows, dtype=bool).reshape(len(rows), len(models))
+
+    def fit(self) -> dict[str, FactorFit]:
+        """The latent-difficulty loadings per source, fitted on the train split (`latent`)."""
+        out: dict[str, FactorFit] = {}
+        for source in sorted(set(self.sources.values())):
+            models, table = self.outcomes(source)
+            if table.shape[0] >= 2 and len(models) >= 2:
+                out[source] = fit_loadings(source, models, table)
+        return out
 
     def recorded(self, matrix_model: str, question: str) -> float | None:
         row = self.scores.get(question_key(question))
@@ -176,7 +221,9 @@ class ReplayPool:
     """
 
     def __init__(self, matrix: QualityMatrix | None, distractors: Mapping[str, Sequence[str]] | None = None,
-                 seed: int = 0, decline_share: float = 0.25, calibrate: bool = True) -> None:
+                 seed: int = 0, decline_share: float = 0.25, calibrate: bool = True, correlated: bool = True) -> None:
+        """`correlated`: outcomes share each question's latent difficulty, fitted on the matrix
+        (`routerops.candidates.latent`); False draws every (model, question) independently."""
         if not 0.0 <= decline_share <= 1.0:
             raise ValueError(f"decline_share must be in [0, 1], got {decline_share}")
         self.matrix = matrix
@@ -184,8 +231,11 @@ class ReplayPool:
         self.seed = seed
         self.decline_share = decline_share
         self.calibrate = calibrate
+        self.correlated = correlated
         self.stats = ReplayStats()
         self._rates: dict[tuple[str, str], float] = {}
+        self.fits = _fits(matrix) if matrix is not None and correlated else {}
+        self.latent = LatentOutcomes(self.fits, seed)
 
     @staticmethod
     def distractors_from(questions: Iterable[QuestionInfo]) -> dict[str, list[str]]:
@@ -197,27 +247,28 @@ class ReplayPool:
 
     def correct(self, candidate: Candidate, question: QuestionInfo) -> tuple[bool, CallOrigin]:
         """(is the reply correct, where that came from: a record as is, a record calibration
-        changed, or a draw from the prior)."""
+        changed, or a draw from the prior). See the module docstring and `latent`."""
         profile = candidate.replay
         if profile is None:
             raise ValueError(f"candidate {candidate.name!r} has no replay profile in the pool file")
         key = question_key(question.text)
-        if profile.matrix_model and self.matrix is not None:
-            score = self.matrix.recorded(profile.matrix_model, question.text)
-            if score is not None:
-                recorded = ok = score >= CORRECT_THRESHOLD
-                if self.calibrate:
-                    source = self.matrix.sources[key]
-                    rate = self.recorded_rate(profile.matrix_model, source)
-                    prior = profile.prior_for(source)
-                    u = _unit("calibrate", candidate.name, key, self.seed)
-                    if ok and prior < rate:
-                        ok = u < prior / rate
-                    elif not ok and prior > rate:
-                        ok = u < (prior - rate) / (1.0 - rate)
-                return ok, CallOrigin.REPLAY_RECORDED if ok == recorded else CallOrigin.REPLAY_CALIBRATED
-        p = profile.prior_for(question.data_source)
-        return _unit("correct", candidate.name, key, self.seed) < p, CallOrigin.REPLAY_PRIOR
+        row = self.matrix.scores.get(key) if self.matrix is not None else None
+        source = self.matrix.sources[key] if row is not None and self.matrix is not None else question.data_source
+        records = None if row is None else {m: s >= CORRECT_THRESHOLD for m, s in row.items()}
+        z = self.latent.latent(key, _unit("latent", key, self.seed), records, source)
+        loading = self.latent.loading(profile.matrix_model, source)
+        prior = profile.prior_for(source)
+        if records is not None and profile.matrix_model in records:
+            recorded = records[profile.matrix_model]
+            if not self.calibrate:
+                return recorded, CallOrigin.REPLAY_RECORDED
+            rate = self.recorded_rate(profile.matrix_model, source)
+            y = LatentOutcomes.noise_given_record(loading, z, rate, recorded,
+                                                  _unit("calibrate", candidate.name, key, self.seed))
+            ok = _below(y, prior)
+            return ok, CallOrigin.REPLAY_RECORDED if ok == recorded else CallOrigin.REPLAY_CALIBRATED
+        y = LatentOutcomes.noise(loading, z, _unit("correct", candidate.name, key, self.seed))
+        return _below(y, prior), CallOrigin.REPLAY_PRIOR
 
     def recorded_rate(self, matrix_model: str, source: str) -> float:
         """Share of the matrix's `source` questions where `matrix_model` scored as correct."""

@@ -315,6 +315,7 @@ def test_a_baselines_answer_is_read_from_real_shaped_replies(reply: str, answer:
     ("", ["Paris"], 0.0),
     (None, ["Paris"], 0.0),
     ("Paris", [""], 0.0),  # an empty alias matches nothing
+    ("Answer: 🀐", ["mahjong", "🀐"], 1.0),  # symbols are words, not punctuation
 ])
 def test_contains_gold(text, golds, found) -> None:
     assert contains_gold(text, golds) == found
