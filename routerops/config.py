@@ -310,6 +310,7 @@ class EvaluateRouterParams(_Section):
     knn_k: int = Field(ge=1)
     knn_train_questions: int = Field(ge=1)
     knn_cost_weight: float = Field(ge=0)
+    matrix_slice: bool
     bootstrap_samples: int = Field(ge=100)
     confidence: float = Field(gt=0.5, lt=1)
     policy: dict[Profile, Literal["transformers", "completions"]]

@@ -17,7 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from routerops.candidates.budget import RequestBudget, RunBudget
-from routerops.candidates.replay import ReplayStats
+from routerops.candidates.replay import QualityMatrix, ReplayStats
 from routerops.candidates.types import CallContext, CallTask, CandidateBackend, CandidateReply, QuestionInfo
 from routerops.config import Params, load_params
 from routerops.evaluation import (
@@ -82,6 +82,9 @@ class Outputs:
     pool: Pool
     knn: KnnEvidence
     provenance: Mapping[str, Mapping[str, int]]  # phase -> calls per origin (`evaluation.provenance`)
+    slice_records: tuple[EvalRecord, ...] = ()  # the held-out matrix slice, apart from `records`
+    slice_metrics: tuple[SystemMetrics, ...] = ()
+    slice_provenance: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 async def single_calls(questions: Sequence[QuestionInfo], pool: Pool, backend: CandidateBackend,
@@ -114,11 +117,13 @@ async def single_calls(questions: Sequence[QuestionInfo], pool: Pool, backend: C
 
 
 async def _router_records(questions: Sequence[QuestionInfo], params: Params, pool: Pool, router_dir: Path,
-                          backends: Backends) -> list[EvalRecord]:
+                          backends: Backends, desc: str = "router") -> list[EvalRecord]:
+    if not questions:
+        return []
     gen, tok, client = build_policy(params, router_dir)
     limits = params.router_limits()
     sem = asyncio.Semaphore(params.evaluate_router.concurrency)
-    bar = progress(len(questions), "router")
+    bar = progress(len(questions), desc)
 
     async def one(q: QuestionInfo) -> EvalRecord:
         async with sem:
@@ -144,19 +149,24 @@ def run(params: Params, inputs: Inputs) -> Outputs:
     pool = inputs.pool
     test = read_questions(inputs.dataset_dir, "test")
     train = read_questions(inputs.dataset_dir, "train")[: ep.knn_train_questions]
+    held_out = QualityMatrix.load(inputs.data_dir / "pool").held_out() if ep.matrix_slice else []
     backends = build_backend(params.candidates, data_dir=inputs.data_dir, distractor_questions=[*test, *train])
+    Singles = dict[str, dict[str, EvalRecord]]
 
-    async def go() -> tuple[list[EvalRecord], dict[str, dict[str, EvalRecord]], dict[str, dict[str, EvalRecord]]]:
+    async def go() -> tuple[list[EvalRecord], Singles, Singles, list[EvalRecord], Singles]:
         try:
             router = await _router_records(test, params, pool, inputs.router_dir, backends)
             singles = await single_calls(test, pool, backends.backend, ep.concurrency, "baselines", backends.run_budget)
             knn_train = await single_calls(train, pool, backends.backend, ep.concurrency, "knn fit",
                                            backends.run_budget)
-            return router, singles, knn_train
+            slice_router = await _router_records(held_out, params, pool, inputs.router_dir, backends, "matrix slice")
+            slice_singles = await single_calls(held_out, pool, backends.backend, ep.concurrency,
+                                               "matrix slice baselines", backends.run_budget)
+            return router, singles, knn_train, slice_router, slice_singles
         finally:
             await backends.aclose()
 
-    router, singles, knn_train = asyncio.run(go())
+    router, singles, knn_train, slice_router, slice_singles = asyncio.run(go())
 
     from routerops.knn_router import KnnRouter, load_encoder
 
@@ -167,6 +177,8 @@ def run(params: Params, inputs: Inputs) -> Outputs:
         [{m: (r.em, r.cost_usd(pool)) for m, r in knn_train[q.id].items()} for q in train])
     evidence = KnnEvidence(ep.knn_cost_weight, tuple(knn_train[q.id] for q in train),
                            dict(zip((q.id for q in test), knn.nearest([q.text for q in test]), strict=True)))
+    slice_evidence = KnnEvidence(ep.knn_cost_weight, evidence.train, dict(zip(
+        (q.id for q in held_out), knn.nearest([q.text for q in held_out]) if held_out else [], strict=True)))
     include_prompt = params.rewards.include_prompt_cost
     records = with_baselines([*router, *(r for q in test for r in singles[q.id].values())], pool, seed=ep.seed,
                              knn=evidence, include_prompt=include_prompt)
@@ -180,23 +192,34 @@ def run(params: Params, inputs: Inputs) -> Outputs:
     differences = [paired_difference(records, pool, "router", b, samples=ep.bootstrap_samples,
                                      confidence=ep.confidence, seed=ep.seed, include_prompt=include_prompt)
                    for b in comparison_baselines(metrics)]
+    slice_records = with_baselines([*slice_router, *(r for q in held_out for r in slice_singles[q.id].values())], pool,
+                                   seed=ep.seed, knn=slice_evidence, include_prompt=include_prompt)
+    slice_phases = {"router": provenance(c for r in slice_router for c in r.calls),
+                    "baselines": provenance(c for q in held_out for r in slice_singles[q.id].values() for c in r.calls)}
     stats: ReplayStats | None = backends.replay.stats if backends.replay else None
     return Outputs(tuple(records), tuple(metrics), tuple(differences), verdict(metrics, differences),
                    stats.summary() if stats else {}, Decoding(ep.decoding, ep.seed, ep.temperature, ep.top_p), pool,
-                   evidence, {k: v for k, v in phases.items() if v is not None})
+                   evidence, {k: v for k, v in phases.items() if v is not None}, tuple(slice_records),
+                   tuple(aggregate(slice_records, pool, include_prompt)) if held_out else (),
+                   slice_phases if held_out else {})
 
 
 def _metric_values(m: SystemMetrics) -> dict[str, Any]:
     return {k: v for k, v in asdict(m).items() if k not in ("system", "data_source")}
 
 
+def _per_benchmark(metrics: Sequence[SystemMetrics]) -> dict[str, dict[str, dict[str, Any]]]:
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for m in metrics:
+        if m.data_source != "average":
+            out.setdefault(m.system, {})[m.data_source] = _metric_values(m)
+    return out
+
+
 def metrics_json(out: Outputs) -> dict[str, Any]:
     """metrics/evaluation.json: every metric per system, averaged and per benchmark, the
     router-minus-baseline intervals and the verdict."""
-    per_benchmark: dict[str, dict[str, dict[str, Any]]] = {}
-    for m in out.metrics:
-        if m.data_source != "average":
-            per_benchmark.setdefault(m.system, {})[m.data_source] = _metric_values(m)
+    per_benchmark = _per_benchmark(out.metrics)
     return {
         "decoding": asdict(out.decoding), "replay": dict(out.replay), "provenance": dict(out.provenance),
         "pool_snapshot": out.pool.snapshot_id,
@@ -206,6 +229,10 @@ def metrics_json(out: Outputs) -> dict[str, Any]:
                                       "usd_ci": list(d.usd_ci), "confidence": d.confidence}
                          for d in out.differences},
         "verdict": None if out.verdict is None else out.verdict.as_dict(),
+        # the held-out matrix slice: apart, never in the averages above
+        "matrix_slice": None if not out.slice_metrics else {
+            "average": {m.system: _metric_values(m) for m in out.slice_metrics if m.data_source == "average"},
+            "per_benchmark": _per_benchmark(out.slice_metrics), "provenance": dict(out.slice_provenance)},
     }
 
 
@@ -215,12 +242,17 @@ def write(out: Outputs, out_dir: Path, metrics_path: Path) -> None:
     with atomic_dir(out_dir) as tmp:
         pq.write_table(pa.Table.from_pylist([r.as_row() for r in out.records]), tmp / "trajectories.parquet")
         out.knn.write(tmp)
+        if out.slice_records:
+            pq.write_table(pa.Table.from_pylist([r.as_row() for r in out.slice_records]), tmp / "matrix_slice.parquet")
         pareto_plot(out.metrics, tmp / "pareto.png", title=f"EM vs cost (pool {pool.pricing.label})")
         (tmp / "report.md").write_text(render_report(out.metrics, pool, out.decoding, out.provenance,
                                                      plot="pareto.png", differences=out.differences,
-                                                     verdict=out.verdict))
+                                                     verdict=out.verdict, matrix_slice=out.slice_metrics,
+                                                     slice_provenance=out.slice_provenance))
         (tmp / "summary.md").write_text(render_summary(out.metrics, pool, out.decoding, out.provenance,
-                                                       differences=out.differences, verdict=out.verdict)
+                                                       differences=out.differences, verdict=out.verdict,
+                                                       matrix_slice=out.slice_metrics,
+                                                       slice_provenance=out.slice_provenance)
                                         + "\nBeside this file: the full report `report.md` and the Pareto plot "
                                           "`pareto.png`.\n")
     write_json_atomic(metrics_path, metrics_json(out))

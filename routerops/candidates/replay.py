@@ -153,6 +153,12 @@ class QualityMatrix:
         return cls(scores, {k: task_of[k] for k in scores}, {k: infos[k] for k in scores},
                    {k: split_of[k] for k in scores})
 
+    def held_out(self) -> list[QuestionInfo]:
+        """The matrix's test-split questions (by source, then key): an evaluation slice where
+        recorded outcomes decide, never used for training or for the fit."""
+        keys = sorted((k for k, s in self.splits.items() if s == "test"), key=lambda k: (self.sources[k], k))
+        return [self.questions[k] for k in keys]
+
     def outcomes(self, source: str, split: str = "train") -> tuple[tuple[str, ...], np.ndarray]:
         """The models and the correct/incorrect table (questions x models) of one source's split,
         over the questions every model was scored on."""

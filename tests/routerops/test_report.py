@@ -75,3 +75,16 @@ def test_report_says_when_the_router_does_not_dominate(pool) -> None:
     text = render_report(worse, pool, Decoding("sampled", 1, 1.0, 0.95), {}, verdict=verdict(worse))
     assert "The router does NOT dominate the random baseline" in text
     assert "Router minus each baseline" not in text  # no differences given, no table
+
+
+def test_the_matrix_slice_is_reported_apart(pool) -> None:
+    slice_metrics = [SystemMetrics("router", "average", 100, 0.31, 0.31, 1.0, 20e-6, 1.0, 0.31, 0.33),
+                     SystemMetrics("oracle", "average", 100, 0.55, 0.55, 1.0, 9e-6, 1.0, 0.55, 0.55)]
+    text = render_report(CROWDED, pool, GREEDY, {}, matrix_slice=slice_metrics,
+                         slice_provenance={"router": {"replay:recorded": 40, "replay:prior": 60}})
+    head, rest = text.split("## Held-out matrix slice (recorded outcomes decide)")
+    assert "| router | 0.240 |" in head and "| router | 0.310 | 0.310 | 0.330 |" not in head
+    assert "| router | 0.310 | 0.310 | 0.330 |" in rest and "| router | 100 | 40 | 0 | 60 | 0 | 0 |" in rest
+    assert "(100 NQ and TriviaQA questions, never in training)" in rest
+    assert "Held-out matrix slice" not in render_report(CROWDED, pool, GREEDY, {})
+

@@ -120,3 +120,13 @@ def test_priors_of_zero_and_one_are_exact(matrix, pool) -> None:
         c = cand.model_copy(update={"replay": cand.replay.model_copy(update={"prior_accuracy": {"default": p}})})
         assert {ReplayPool(matrix).correct(c, q)[0] for q in qs} == {expected}
     assert threshold(0.5) == 0.0
+
+
+def test_the_held_out_slice_is_the_matrix_test_split(matrix) -> None:
+    held = matrix.held_out()
+    keys = [question_key(q.text) for q in held]
+    assert len(held) == 100 and [q.data_source for q in held].count("nq") == 50
+    assert all(matrix.splits[k] == "test" for k in keys) and len(set(keys)) == 100
+    # the fit never saw them
+    _, train_nq = matrix.outcomes("nq")
+    assert train_nq.shape[0] + 50 == sum(s == "nq" for s in matrix.sources.values())
