@@ -87,4 +87,3 @@ def test_the_matrix_slice_is_reported_apart(pool) -> None:
     assert "| router | 0.310 | 0.310 | 0.330 |" in rest and "| router | 100 | 40 | 0 | 60 | 0 | 0 |" in rest
     assert "(100 NQ and TriviaQA questions, never in training)" in rest
     assert "Held-out matrix slice" not in render_report(CROWDED, pool, GREEDY, {})
-
