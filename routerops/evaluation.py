@@ -462,12 +462,13 @@ def reprice_records(records: Iterable[EvalRecord], new_pool: Pool, include_promp
 def baseline_choice(kind: str, pool: Pool, question_id: str, seed: int) -> str:
     """The candidate a fixed baseline calls: random (seeded per question), cheapest, most expensive.
 
-    Cheapest and most expensive rank by expected dollars per call (output price x mean completion
-    tokens where the pool knows them), which is what a user of the pool would pay.
+    Cheapest and most expensive rank by price per output token (then per input token): a
+    baseline asks for a short answer, a few tokens from any model, so the price per token is what
+    sets what a user pays for it. (The helper replies' mean lengths in `pool.yaml` would rank
+    Mistral, 0.20 x 101 tokens, below LLaMA-3.1-8B, 0.18 x 127, for calls the baseline never makes.)
     """
-    def expected(c: Candidate) -> float:
-        tokens = c.replay.mean_completion_tokens if c.replay else c.max_tokens
-        return c.price.output_usd_per_mtok * tokens
+    def expected(c: Candidate) -> tuple[float, float, str]:
+        return c.price.output_usd_per_mtok, c.price.input_usd_per_mtok, c.name
 
     if kind == "random":
         return random.Random(f"{seed}:random:{question_id}").choice(pool.names)

@@ -85,14 +85,15 @@ def test_a_relative_change_that_moves_the_cheapest_correct_model_retrains(raw) -
 
 
 def test_the_cheapest_baseline_chooses_again_under_the_new_prices(raw) -> None:
-    # By expected cost Mistral is the cheapest (0.20 x 101 tokens = 20.2 against Mixtral's 1.20 x 17
-    # = 20.4 micro-USD) and pays its 150 tokens here (30 micro-USD); at twice its price Mixtral is
-    # the cheapest, so the baseline gets cheaper although no price fell.
-    old, new = _pool(raw), _pool(raw, {"Mistral-7B-Instruct": 2.0})
+    # Of the three models called, Mistral has the lowest price per token (0.20) and answers right
+    # in 150 tokens (30 micro-USD); at ten times that Gemma (0.80) is the cheapest, and answers
+    # wrong in 53 tokens (42.4 micro-USD).
+    old, new = _pool(raw), _pool(raw, {"Mistral-7B-Instruct": 10.0})
     impact = assess(_records(old), old, new, alpha=0.6, rule=RULE, seed=0)
     cheapest = next(s for s in impact.systems if s.system == "cheapest")
-    assert (cheapest.usd_before, cheapest.usd_after) == (pytest.approx(30e-6), pytest.approx(20.4e-6))
-    assert "| cheapest | 1.000 | 1.000 | 30.00 | 20.40 | -32.0% |" in render_impact(impact, "old", "new")
+    assert (cheapest.em, cheapest.em_after) == (1.0, 0.0)
+    assert (cheapest.usd_before, cheapest.usd_after) == (pytest.approx(30e-6), pytest.approx(42.4e-6))
+    assert "| cheapest | 1.000 | 0.000 | 30.00 | 42.40 | +41.3% |" in render_impact(impact, "old", "new")
 
 
 def test_a_small_relative_change_reprices(raw) -> None:
