@@ -145,6 +145,7 @@ class PackageRouterParams(_Section):
 class RetrainParams(_Section):
     min_cheapest_correct_changed: float = Field(ge=0.0, le=1.0)
     max_objective_drop: float = Field(ge=0.0)
+    max_relative_price_shift: float = Field(ge=0.0)
     price_source: str = Field(min_length=1)
     price_format: Literal["litellm", "openrouter", "pool"]
     min_objective_gain: float

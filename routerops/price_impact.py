@@ -13,15 +13,22 @@ old and the new prices:
 - the cheapest correct model per question (the oracle's choice, among the questions some single
   model answers): how many questions it changes on.
 
+- how far the models the champion spends on moved in price relative to the pool: the
+  spend-weighted mean |ln| change of each model's output price over the pool's geometric mean.
+  It sees what the objective can miss: a champion already costlier than every baseline sits at
+  the normaliser's ceiling, so its objective barely moves when its only model gets dearer.
+
 The rule (params `retrain`): prices unchanged -> `none`; the cheapest correct model changes on at
 least `min_cheapest_correct_changed` of those questions, or the objective falls by more than
-`max_objective_drop` -> `retrain`; otherwise -> `reprice` (the same weights, packaged again under
-the new prices so billing uses them). A uniform change moves no choice and no objective: it
+`max_objective_drop`, or the relative price shift exceeds `max_relative_price_shift` ->
+`retrain`; otherwise -> `reprice` (the same weights, packaged again under the new prices so
+billing uses them). A uniform change moves no choice, no objective and no relative price: it
 reprices, never retrains.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,7 +39,8 @@ from routerops.evaluation import EvalRecord, KnnEvidence, aggregate, oracle_choi
 from routerops.pool import Pool
 from routerops.rewards import FrozenBoundsNormalizer, combine
 
-__all__ = ["Decision", "Impact", "RetrainRule", "SystemImpact", "assess", "cost_aware_rewards", "render_impact"]
+__all__ = ["Decision", "Impact", "RetrainRule", "SystemImpact", "assess", "cost_aware_rewards", "relative_price_shift",
+           "render_impact"]
 
 Decision = Literal["none", "reprice", "retrain"]
 SINGLE = "single:"
@@ -43,10 +51,11 @@ ROUTER = "router"
 class RetrainRule:
     min_cheapest_correct_changed: float  # share of answerable questions
     max_objective_drop: float  # absolute, on the mean reward
+    max_relative_price_shift: float = 0.1  # spend-weighted mean |ln| relative price change
 
     @classmethod
     def of(cls, params: RetrainParams) -> RetrainRule:
-        return cls(params.min_cheapest_correct_changed, params.max_objective_drop)
+        return cls(params.min_cheapest_correct_changed, params.max_objective_drop, params.max_relative_price_shift)
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class Impact:
     changed_examples: tuple[tuple[str, str, str], ...]  # (question id, old model, new model), a few
     decision: Decision
     reason: str
+    relative_price_shift: float = 0.0
 
     @property
     def changed_share(self) -> float:
@@ -82,7 +92,7 @@ class Impact:
                 "objective_after": self.objective_after, "answerable": self.answerable,
                 "cheapest_correct_changed": self.cheapest_correct_changed, "changed_share": self.changed_share,
                 "changed_examples": [list(x) for x in self.changed_examples], "decision": self.decision,
-                "reason": self.reason}
+                "reason": self.reason, "relative_price_shift": self.relative_price_shift}
 
 
 def cost_aware_rewards(records: Sequence[EvalRecord], reference: Sequence[EvalRecord], pool: Pool, alpha: float,
@@ -107,6 +117,27 @@ def _cheapest_correct(records: Iterable[EvalRecord], pool: Pool) -> dict[str, st
             singles[r.question_id][r.system.removeprefix(SINGLE)] = r
     return {q: oracle_choice(by_model, pool) for q, by_model in sorted(singles.items())
             if any(r.em > 0 for r in by_model.values())}
+
+
+def relative_price_shift(records: Sequence[EvalRecord], old: Pool, new: Pool, include_prompt: bool = False) -> float:
+    """The spend-weighted (under `old`) mean |ln| change of each model's output price relative to
+    the pool's geometric mean output price, over the calls in `records`. Scale-free: 0 when every
+    price moves by one factor; 0 when nothing was spent."""
+    def relative(pool: Pool) -> dict[str, float]:
+        logs = {c.name: math.log(c.price.output_usd_per_mtok) for c in pool if c.price.output_usd_per_mtok > 0}
+        mean = sum(logs.values()) / len(logs) if logs else 0.0
+        return {m: v - mean for m, v in logs.items()}
+
+    before, after = relative(old), relative(new)
+    spend: dict[str, float] = defaultdict(float)
+    for r in records:
+        for c in r.calls:
+            if c.ok:
+                spend[c.model] += old.get(c.model).cost_usd(c.completion_tokens, c.prompt_tokens, include_prompt)
+    total = sum(spend.values())
+    if total <= 0:
+        return 0.0
+    return sum(usd * abs(after.get(m, 0.0) - before.get(m, 0.0)) for m, usd in spend.items()) / total
 
 
 def _price_changes(old: Pool, new: Pool) -> int:
@@ -140,6 +171,7 @@ def assess(records: Sequence[EvalRecord], old: Pool, new: Pool, *, alpha: float,
     n_prices = _price_changes(old, new)
     share = len(changed) / len(choice_before) if choice_before else 0.0
     drop = obj_before - obj_after
+    shift = relative_price_shift(router, old, new, include_prompt)
     decision: Decision
     if n_prices == 0:
         decision, reason = "none", "no price changed"
@@ -149,13 +181,17 @@ def assess(records: Sequence[EvalRecord], old: Pool, new: Pool, *, alpha: float,
     elif drop > rule.max_objective_drop:
         decision, reason = "retrain", (f"the champion's cost-aware objective fell by {drop:.4f} (threshold "
                                        f"{rule.max_objective_drop:.4f})")
+    elif shift > rule.max_relative_price_shift:
+        decision, reason = "retrain", (f"the models the champion spends on moved {shift:.3f} in relative price "
+                                       "(spend-weighted mean |ln| change; threshold "
+                                       f"{rule.max_relative_price_shift:.3f})")
     else:
         decision, reason = "reprice", (f"{n_prices} price(s) changed, but the cheapest correct model changed on only "
-                                       f"{share:.1%} of the answerable questions and the objective moved by "
-                                       f"{round(-drop, 4) + 0.0:+.4f}: the same weights, repackaged under the new "
-                                       "prices")
+                                       f"{share:.1%} of the answerable questions, the objective moved by "
+                                       f"{round(-drop, 4) + 0.0:+.4f} and the champion's models {shift:.3f} in "
+                                       "relative price: the same weights, repackaged under the new prices")
     return Impact(old.pricing.id, new.pricing.id, n_prices, systems, obj_before, obj_after, len(choice_before),
-                  len(changed), tuple(changed[:5]), decision, reason)
+                  len(changed), tuple(changed[:5]), decision, reason, shift)
 
 
 def render_impact(impact: Impact, old_label: str, new_label: str) -> str:
@@ -168,7 +204,9 @@ def render_impact(impact: Impact, old_label: str, new_label: str) -> str:
              f"- champion's cost-aware objective: {i.objective_before:.4f} -> {i.objective_after:.4f} "
              f"({round(i.objective_after - i.objective_before, 4) + 0.0:+.4f})",
              f"- cheapest correct model changed on {i.cheapest_correct_changed} of {i.answerable} answerable "
-             f"questions ({i.changed_share:.1%})"]
+             f"questions ({i.changed_share:.1%})",
+             f"- the champion's models moved {i.relative_price_shift:.3f} in price relative to the pool "
+             "(spend-weighted mean |ln| change)"]
     lines += [f"  - {q}: {a} -> {b}" for q, a, b in i.changed_examples]
     lines += ["", "Cheapest, most expensive, oracle and kNN choose again under the new prices; the router's "
               "and each single model's calls are re-costed.", "",

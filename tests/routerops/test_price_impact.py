@@ -4,6 +4,7 @@ stored token counts. A uniform change must never retrain (Router-R1's cost norma
 from __future__ import annotations
 
 import copy
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import yaml
 from routerops.candidates.types import CallOrigin
 from routerops.evaluation import Call, EvalRecord
 from routerops.pool import Pool, parse_pool
-from routerops.price_impact import RetrainRule, assess, render_impact
+from routerops.price_impact import RetrainRule, assess, relative_price_shift, render_impact
 
 ROOT = Path(__file__).resolve().parents[2]
 RULE = RetrainRule(min_cheapest_correct_changed=0.05, max_objective_drop=0.01)
@@ -128,3 +129,28 @@ def test_cli_prices_impact(raw, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "**Decision: retrain**" in proc.stdout
     assert (tmp_path / "impact.md").read_text() == proc.stdout
+
+
+def test_the_relative_price_shift_of_the_champions_models(raw) -> None:
+    old = _pool(raw)
+    router = [r for r in _records(old) if r.system == "router"]  # every call to Mixtral
+    assert relative_price_shift(router, old, _pool(raw, every=2.0)) == pytest.approx(0.0, abs=1e-12)
+    # Mixtral x10 in a six-model pool: its price over the geometric mean moves by 10^(5/6)
+    assert relative_price_shift(router, old, _pool(raw, {"Mixtral-8x22B-Instruct": 10.0})) == pytest.approx(
+        math.log(10) * 5 / 6)
+    # a model it does not use moves the mean a little: Gemma x1.1 shifts Mixtral by ln(1.1) / 6
+    assert relative_price_shift(router, old, _pool(raw, {"Gemma-2-27B-Instruct": 1.1})) == pytest.approx(
+        math.log(1.1) / 6, rel=1e-3)
+    assert relative_price_shift([], old, _pool(raw, {"Mixtral-8x22B-Instruct": 10.0})) == 0.0
+
+
+def test_a_champion_whose_models_got_dearer_retrains_when_nothing_else_says_so(raw) -> None:
+    # with the other two signals switched off, only the relative price shift decides
+    rule = RetrainRule(min_cheapest_correct_changed=1.5, max_objective_drop=1.0, max_relative_price_shift=0.1)
+    old = _pool(raw)
+    impact = assess(_records(old), old, _pool(raw, {"Mixtral-8x22B-Instruct": 10.0}), alpha=0.6, rule=rule, seed=0)
+    assert impact.decision == "retrain" and impact.relative_price_shift == pytest.approx(1.9188, abs=1e-4)
+    assert impact.reason == ("the models the champion spends on moved 1.919 in relative price (spend-weighted mean "
+                             "|ln| change; threshold 0.100)")
+    uniform = assess(_records(old), old, _pool(raw, every=3.0), alpha=0.6, rule=rule, seed=0)
+    assert uniform.decision == "reprice" and uniform.relative_price_shift == pytest.approx(0.0, abs=1e-12)

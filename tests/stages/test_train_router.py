@@ -75,7 +75,11 @@ def test_short_local_run_learns_the_format(repo_root, pool, dataset, shared_data
     write(out, tmp_path / "router", tmp_path / "train.json", tmp_path / "history.csv")
     meta = json.loads((tmp_path / "router" / "routerops.json").read_text())
     assert meta == {"backend": "local", "pool_snapshot": pool.snapshot_id, "prices_id": pool.pricing.id,
-                    "alpha": params.rewards.alpha, "steps": TINY["grpo_steps"], "seed": params.train_router.seed}
+                    "alpha": params.rewards.alpha, "steps": TINY["grpo_steps"], "seed": params.train_router.seed,
+                    # where the training's candidate outcomes came from, for the evaluation's report
+                    "provenance": {"replay:recorded": s.replay["recorded_as_is"],
+                                   "replay:calibrated": s.replay["recorded_changed_by_calibration"],
+                                   "replay:prior": s.replay["drawn_from_priors"]}}
     assert (tmp_path / "router" / "config.json").is_file()
     assert (tmp_path / "router" / "summary.md").read_text().startswith("# Router training\n")
     assert json.loads((tmp_path / "train.json").read_text()) == json.loads(json.dumps(s.as_json()))
