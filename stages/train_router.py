@@ -205,22 +205,29 @@ def _run_local(params: Params, inputs: Inputs, resumed: bool) -> Outputs:
                    {**_meta(params, inputs.pool), "provenance": replay.stats.by_origin()})
 
 
+def _start(command: Sequence[str], cwd: Path) -> int:
+    """Run an external training step to its end; its exit status."""
+    return subprocess.run(list(command), cwd=cwd).returncode
+
+
 def _run_verl(params: Params, inputs: Inputs, resumed: bool) -> Outputs:
-    """Launch verl (needs GPUs and vLLM/SGLang), then export the final actor."""
+    """Launch verl (needs GPUs and vLLM/SGLang), then export the final actor. The launch reads
+    the dataset's RL parquet (`launch.launch_inputs`, the same resolution the CLI's dry run uses);
+    a missing input stops here, before anything starts."""
     from routerops.training.verl import costs, launch
 
     ckpt = inputs.checkpoint_dir
     dry = launch.dry_run(params, out_dir=ckpt / "verl", params_path=inputs.root / "params.yaml",
                          dataset_dir=inputs.dataset_dir, checkpoint_dir=ckpt)
-    proc = subprocess.run(list(dry.command), cwd=inputs.root)
-    if proc.returncode != 0:
-        raise TrainingLaunchError("verl training", dry.command, proc.returncode)
+    returncode = _start(dry.command, inputs.root)
+    if returncode != 0:
+        raise TrainingLaunchError("verl training", dry.command, returncode)
     step = launch.latest_checkpoint_step(ckpt)
     staged = ckpt / "export"
     export = launch.export_command(ckpt, step, staged)
-    proc = subprocess.run(export, cwd=inputs.root)
-    if proc.returncode != 0:
-        raise TrainingLaunchError("verl model export", export, proc.returncode)
+    returncode = _start(export, inputs.root)
+    if returncode != 0:
+        raise TrainingLaunchError("verl model export", export, returncode)
     train = costs.summarize_training_costs(ckpt / costs.COST_LOG_FILE).for_split("train")
     tail = train[-FINAL_WINDOW:]
     final = None if not tail else TrainStats(
@@ -248,7 +255,14 @@ def _meta(params: Params, pool: Pool) -> dict[str, Any]:
 
 
 def run(params: Params, inputs: Inputs) -> Outputs:
-    """Train with the configured backend; checkpoints go to `inputs.checkpoint_dir` as it runs."""
+    """Train with the configured backend; checkpoints go to `inputs.checkpoint_dir` as it runs.
+    For verl every launch input is checked first (`launch.launch_inputs`): a missing one stops the
+    stage before a checkpoint folder is touched."""
+    if params.train_router.backend == "verl":
+        from routerops.training.verl.launch import launch_inputs
+
+        launch_inputs(params, dataset_dir=inputs.dataset_dir, params_path=inputs.root / "params.yaml",
+                      checkpoint_dir=inputs.checkpoint_dir)
     resumed = prepare_checkpoints(inputs.checkpoint_dir, fingerprint(params, inputs))
     if params.train_router.backend == "local":
         return _run_local(params, inputs, resumed)

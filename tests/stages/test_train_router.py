@@ -182,3 +182,49 @@ def test_a_failed_verl_launch_is_a_typed_error(repo_root, pool, dataset, shared_
     with pytest.raises(TrainingLaunchError, match=r"^verl training exited 3: ") as err:
         run(params, inputs_for(pool, dataset, shared_data, tmp_path / "ckpt", repo_root))
     assert (err.value.step, err.value.command, err.value.returncode) == ("verl training", failing, 3)
+
+
+@pytest.mark.slow
+def test_the_verl_launch_starts_with_every_path_in_place(repo_root, pool, dataset, shared_data, tmp_path,
+                                                         monkeypatch) -> None:
+    # The real dry run and command, stopped at the one thing a CPU cannot do: starting verl.
+    import stages.train_router as stage
+
+    started: list[tuple[str, ...]] = []
+
+    def start(command, cwd) -> int:
+        started.append(tuple(command))
+        return 7
+
+    monkeypatch.setattr(stage, "_start", start)
+    params = load_params(repo_root / "params.yaml")
+    params = params.model_copy(update={"train_router": params.train_router.model_copy(update={"backend": "verl"})})
+    with pytest.raises(TrainingLaunchError, match=r"^verl training exited 7: "):
+        run(params, inputs_for(pool, dataset, shared_data, tmp_path / "ckpt", repo_root))
+    (command,) = started
+    values = [a.split("=", 1)[1] if "=" in a else a for a in command]
+    paths = [Path(v) for v in values if v.startswith("/")]
+    assert f"data.train_files={dataset / 'rl' / 'train.parquet'}" in command
+    assert f"data.val_files={dataset / 'rl' / 'validation.parquet'}" in command
+    # every path exists but the cost log, which the run itself writes into its checkpoint folder
+    from routerops.training.verl.costs import COST_LOG_FILE
+
+    assert len(paths) >= 6 and [p for p in paths if not p.exists()] == [tmp_path / "ckpt" / COST_LOG_FILE]
+
+
+def test_a_missing_launch_input_stops_before_anything_starts(repo_root, pool, shared_data, tmp_path,
+                                                             monkeypatch) -> None:
+    import stages.train_router as stage
+
+    monkeypatch.setattr(stage, "_start", lambda command, cwd: pytest.fail("nothing may start"))
+    params = load_params(repo_root / "params.yaml")
+    params = params.model_copy(update={"train_router": params.train_router.model_copy(update={"backend": "verl"})})
+    empty = tmp_path / "dataset"
+    empty.mkdir()
+    from routerops.training.verl.launch import LaunchInputError
+
+    with pytest.raises(LaunchInputError, match=(
+            rf"^cannot launch verl, missing: train split {empty}/rl/train\.parquet; validation split "
+            rf"{empty}/rl/validation\.parquet \(build the dataset: `dvc repro build_dataset`\)$")):
+        run(params, inputs_for(pool, empty, shared_data, tmp_path / "ckpt", repo_root))
+    assert not (tmp_path / "ckpt").exists()  # nothing was written: not even the checkpoint folder

@@ -1,9 +1,11 @@
 """Launch and export commands, and the dry run behind `routerops train --backend verl --dry-run`.
 
-`dry_run` writes the generated files (agent-loop YAML, overrides, composed config, launch
-script), composes and validates the config on CPU and returns the launch command (this node, or
-`ray job submit` to `train_router.verl.ray_address`); `dry_run_report` is what the CLI prints;
-`export_command` is verl's model merger for a checkpoint.
+`launch_inputs` resolves what a launch reads (params, pool, the RL parquet under the dataset's
+`rl/`, the checkpoint folder) once, for the dry run and the real run alike, and refuses a missing
+input before anything is written or launched. `dry_run` writes the generated files (agent-loop
+YAML, overrides, composed config, launch script), composes and validates the config on CPU and
+returns the launch command (this node, or `ray job submit` to `train_router.verl.ray_address`);
+`dry_run_report` is what the CLI prints; `export_command` is verl's model merger for a checkpoint.
 
     python -m routerops.training.verl.launch PARAMS_YAML OUT_DIR
 
@@ -25,6 +27,7 @@ import yaml
 
 from routerops.config import Params, load_params
 from routerops.paths import project_root
+from routerops.rl_dataset import split_path
 from routerops.training.verl.agent_loop import AGENT_LOOP_FILE, agent_loop_entries
 from routerops.training.verl.overrides import build_overrides
 from routerops.training.verl.runtime import (
@@ -41,11 +44,14 @@ __all__ = [
     "LAUNCH_FILE",
     "OVERRIDES_FILE",
     "DryRun",
+    "LaunchInputError",
+    "LaunchInputs",
     "dry_run",
     "dry_run_report",
     "export_command",
     "latest_checkpoint_step",
     "launch_command",
+    "launch_inputs",
     "main",
 ]
 
@@ -138,8 +144,46 @@ def default_checkpoint_dir(params: Params) -> Path:
 
 
 def default_dataset_dir(params: Params) -> Path:
+    """The dataset stage's output (params `build_dataset.out_dir`); its RL splits lie under rl/."""
     out = Path(params.build_dataset.out_dir)
-    return (out if out.is_absolute() else project_root() / out) / "rl"
+    return out if out.is_absolute() else project_root() / out
+
+
+class LaunchInputError(ValueError):
+    """An input of the verl launch is missing: raised before anything is written or launched."""
+
+
+@dataclass(frozen=True)
+class LaunchInputs:
+    """Everything a verl launch reads, as absolute paths: what the overrides and the agent-loop
+    file name."""
+
+    params_path: Path
+    pool_path: Path
+    train_file: Path
+    val_file: Path
+    checkpoint_dir: Path
+
+
+def launch_inputs(params: Params, *, dataset_dir: str | os.PathLike[str] | None = None,
+                  params_path: str | os.PathLike[str] | None = None, pool_path: str | os.PathLike[str] | None = None,
+                  checkpoint_dir: str | os.PathLike[str] | None = None, val_split: str = "validation"
+                  ) -> LaunchInputs:
+    """The launch's inputs: `dataset_dir` is the dataset stage's output (default params
+    `build_dataset.out_dir`), read as `routerops.rl_dataset.split_path` lays it out. Raises
+    `LaunchInputError` naming every input that does not exist."""
+    root = Path(dataset_dir).resolve() if dataset_dir else default_dataset_dir(params)
+    found = LaunchInputs(resolve_params_path(params_path).resolve(), resolve_pool_path(pool_path).resolve(),
+                         split_path(root, "train").resolve(), (root / "rl" / f"{val_split}.parquet").resolve(),
+                         Path(checkpoint_dir).resolve() if checkpoint_dir else default_checkpoint_dir(params))
+    missing = [f"{what} {path}" for what, path in (("params", found.params_path), ("pool", found.pool_path),
+                                                    ("train split", found.train_file),
+                                                    (f"{val_split} split", found.val_file))
+               if not path.is_file()]
+    if missing:
+        hint = " (build the dataset: `dvc repro build_dataset`)" if any("split" in m for m in missing) else ""
+        raise LaunchInputError("cannot launch verl, missing: " + "; ".join(missing) + hint)
+    return found
 
 
 def dry_run(params: Params, *, out_dir: str | os.PathLike[str], params_path: str | os.PathLike[str] | None = None,
@@ -148,31 +192,31 @@ def dry_run(params: Params, *, out_dir: str | os.PathLike[str], params_path: str
             raise_on_error: bool = True) -> DryRun:
     """Write the generated files, compose + validate the config, return the launch command.
 
+    `dataset_dir` is the dataset stage's output (its RL parquet under rl/); a missing input raises
+    `LaunchInputError` before any file is written (`launch_inputs`).
+
     Files (in `out_dir`): agent_loop.yaml (verl's agent-loop registry entry), overrides.txt (one
     Hydra override per line), verl_config.yaml (the composed config, only when it composes) and
     launch.sh (the exact command). With `raise_on_error=False` an invalid config is reported in
     `DryRun.error` instead of raising `VerlConfigError`.
     """
+    inputs = launch_inputs(params, dataset_dir=dataset_dir, params_path=params_path, pool_path=pool_path,
+                           checkpoint_dir=checkpoint_dir)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    pp, pl = resolve_params_path(params_path).resolve(), resolve_pool_path(pool_path).resolve()
-    data = Path(dataset_dir).resolve() if dataset_dir else default_dataset_dir(params)
-    ckpt = Path(checkpoint_dir).resolve() if checkpoint_dir else default_checkpoint_dir(params)
+    pp, pl, ckpt = inputs.params_path, inputs.pool_path, inputs.checkpoint_dir
     agent_name = params.build_dataset.agent_name
     v = params.train_router.verl
 
     notes: list[str] = []
-    for split in ("train", "validation"):
-        if not (data / f"{split}.parquet").is_file():
-            notes.append(f"{data / f'{split}.parquet'} does not exist (run the build_dataset stage)")
     if v.ray_address and not Path(params.train_router.checkpoint_dir).is_absolute():
         notes.append("cluster run with a relative checkpoint_dir: use a path on storage shared by all nodes")
 
     files = [out / AGENT_LOOP_FILE, out / OVERRIDES_FILE]
     files[0].write_text(yaml.safe_dump(agent_loop_entries(agent_name, params_path=str(pp), pool_path=str(pl)),
                                        sort_keys=False), encoding="utf-8")
-    overrides = build_overrides(params, dataset_dir=data, out_dir=out, checkpoint_dir=ckpt, params_path=pp,
-                                pool_path=pl, extra=extra_overrides)
+    overrides = build_overrides(params, train_file=inputs.train_file, val_file=inputs.val_file, out_dir=out,
+                                checkpoint_dir=ckpt, params_path=pp, pool_path=pl, extra=extra_overrides)
     files[1].write_text("\n".join(overrides) + "\n", encoding="utf-8")
     command = launch_command(params, overrides, params_path=pp, pool_path=pl)
     launch = out / LAUNCH_FILE
@@ -201,8 +245,10 @@ def dry_run(params: Params, *, out_dir: str | os.PathLike[str], params_path: str
 
 
 def dry_run_report(params_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-                   extra_overrides: Sequence[str] = ()) -> tuple[int, str]:
-    """`routerops train --backend verl --dry-run`: (exit code, printable report)."""
+                   extra_overrides: Sequence[str] = (),
+                   dataset_dir: str | os.PathLike[str] | None = None) -> tuple[int, str]:
+    """`routerops train --backend verl --dry-run`: (exit code, printable report). `dataset_dir`
+    defaults to params `build_dataset.out_dir`, as the real run's."""
     from routerops.config import ParamsError
 
     try:
@@ -210,9 +256,9 @@ def dry_run_report(params_path: str | os.PathLike[str], out_dir: str | os.PathLi
     except ParamsError as exc:
         return 2, f"invalid params: {exc}\n"
     try:
-        result = dry_run(params, out_dir=out_dir, params_path=params_path, extra_overrides=extra_overrides,
-                         raise_on_error=False)
-    except (OSError, ValueError) as exc:
+        result = dry_run(params, out_dir=out_dir, params_path=params_path, dataset_dir=dataset_dir,
+                         extra_overrides=extra_overrides, raise_on_error=False)
+    except (OSError, ValueError) as exc:  # LaunchInputError included: a missing input
         return 2, f"dry run failed: {exc}\n"
     lines = [f"verl dry run ({params.train_router.verl.algorithm}) -> {result.out_dir}", "",
              "generated files:"]

@@ -58,20 +58,21 @@ def _ov(key: str, value: Any) -> str:
     return f"{key}={hydra_value(value)}"
 
 
-def build_overrides(params: Params, *, dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                    checkpoint_dir: str | os.PathLike[str], params_path: str | os.PathLike[str] | None = None,
-                    pool_path: str | os.PathLike[str] | None = None, val_split: str = "validation",
-                    extra: Sequence[str] = ()) -> list[str]:
+def build_overrides(params: Params, *, train_file: str | os.PathLike[str], val_file: str | os.PathLike[str],
+                    out_dir: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str],
+                    params_path: str | os.PathLike[str] | None = None,
+                    pool_path: str | os.PathLike[str] | None = None, extra: Sequence[str] = ()) -> list[str]:
     """verl Hydra overrides, every value derived from `params` (never hand-written per run).
 
-    `out_dir` holds the generated agent-loop YAML; `checkpoint_dir` becomes
+    `train_file` and `val_file` are the RL parquet files (`launch.launch_inputs` resolves and checks
+    them); `out_dir` holds the generated agent-loop YAML; `checkpoint_dir` becomes
     trainer.default_local_dir (and holds the cost log, so it survives resumes). `extra` is
     appended last, so it wins (Hydra applies overrides in order).
     """
     tr = params.train_router
     v = tr.verl
     agent_name = params.build_dataset.agent_name
-    data, out, ckpt = Path(dataset_dir).resolve(), Path(out_dir).resolve(), Path(checkpoint_dir).resolve()
+    out, ckpt = Path(out_dir).resolve(), Path(checkpoint_dir).resolve()
     pp = resolve_params_path(params_path).resolve()
     pl = resolve_pool_path(pool_path).resolve()
     grpo = v.algorithm == "grpo"
@@ -80,8 +81,8 @@ def build_overrides(params: Params, *, dataset_dir: str | os.PathLike[str], out_
 
     o: list[str] = [
         # data: our RL parquet (stages/build_dataset.py)
-        _ov("data.train_files", str(data / "train.parquet")),
-        _ov("data.val_files", str(data / f"{val_split}.parquet")),
+        _ov("data.train_files", str(Path(train_file).resolve())),
+        _ov("data.val_files", str(Path(val_file).resolve())),
         _ov("data.prompt_key", "prompt"),
         _ov("data.train_batch_size", v.train_batch_size),
         _ov("data.max_prompt_length", params.rollout.max_prompt_tokens),

@@ -24,6 +24,20 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}
                  "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
 
+def rl_dataset(root: Path) -> Path:
+    """A dataset folder as the launch reads it (rl/train.parquet, rl/validation.parquet); a dry run
+    only checks that the files exist, so they are empty."""
+    (root / "rl").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "validation"):
+        (root / "rl" / f"{split}.parquet").touch()
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return rl_dataset(tmp_path / "dataset")
+
+
 @pytest.fixture(scope="session")
 def candidate_name() -> str:
     """A candidate of the repository's pool (0.30 USD per million completion tokens)."""
@@ -114,7 +128,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, write_
     params_file = write_params(d / "params.yaml", model_path=str(tiny_model), n_gpus_per_node=1, group_size=2,
                                train_batch_size=4, ppo_mini_batch_size=4, ppo_micro_batch_size_per_gpu=1)
     return dry_run(load_params(params_file), out_dir=d / "out", params_path=params_file,
-                   dataset_dir=d / "data", checkpoint_dir=d / "ckpt")
+                   dataset_dir=rl_dataset(d / "data"), checkpoint_dir=d / "ckpt")
 
 
 @pytest.fixture(scope="module")

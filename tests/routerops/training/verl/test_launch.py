@@ -52,8 +52,10 @@ def test_launch_and_export_commands(tmp_path: Path, repo_root: Path, with_verl: 
 
 
 @pytest.mark.slow
-def test_dry_run_report_prints_the_command_and_lists_files(tmp_path: Path, write_params: Callable[..., Path]) -> None:
-    code, text = dry_run_report(write_params(tmp_path / "p.yaml", algorithm="grpo", ray_address=None), tmp_path)
+def test_dry_run_report_prints_the_command_and_lists_files(tmp_path: Path, write_params: Callable[..., Path],
+                                                           dataset: Path) -> None:
+    code, text = dry_run_report(write_params(tmp_path / "p.yaml", algorithm="grpo", ray_address=None), tmp_path,
+                                dataset_dir=dataset)
     assert code == 0, text
     command_line = text.split("launch command")[1].splitlines()[1].strip()
     assert command_line.startswith("python -m verl.trainer.main_ppo ")
@@ -65,9 +67,9 @@ def test_dry_run_report_prints_the_command_and_lists_files(tmp_path: Path, write
 
 
 @pytest.mark.slow
-def test_dry_run_report_for_a_ray_cluster(tmp_path: Path, write_params: Callable[..., Path]) -> None:
+def test_dry_run_report_for_a_ray_cluster(tmp_path: Path, write_params: Callable[..., Path], dataset: Path) -> None:
     params_file = write_params(tmp_path / "p.yaml", ray_address="http://ray-head:8265")
-    code, text = dry_run_report(params_file, tmp_path / "out")
+    code, text = dry_run_report(params_file, tmp_path / "out", dataset_dir=dataset)
     assert code == 0, text
     assert "ray job submit --address http://ray-head:8265 --runtime-env-json " in text
     assert " -- python -m verl.trainer.main_ppo " in text
@@ -76,17 +78,23 @@ def test_dry_run_report_for_a_ray_cluster(tmp_path: Path, write_params: Callable
 
 @pytest.mark.slow
 def test_dry_run_report_fails_with_verls_message(tmp_path: Path, repo_root: Path,
-                                                 write_params: Callable[..., Path]) -> None:
-    code, text = dry_run_report(repo_root / "params.yaml", tmp_path,
+                                                 write_params: Callable[..., Path], dataset: Path) -> None:
+    code, text = dry_run_report(repo_root / "params.yaml", tmp_path, dataset_dir=dataset,
                                 extra_overrides=["actor_rollout_ref.rollout.log_prob_micro_batch_size=8"])
     assert code == 1
     assert "INVALID CONFIG" in text and "You have set both 'actor_rollout_ref.rollout.log_prob_micro_batch_size'" in text
     assert "python -m verl.trainer.main_ppo" in text and (tmp_path / OVERRIDES_FILE).is_file()
     bad = write_params(tmp_path / "bad.yaml", n_gpus_per_node=3, train_batch_size=64, group_size=5)
-    code, text = dry_run_report(bad, tmp_path / "bad")
+    code, text = dry_run_report(bad, tmp_path / "bad", dataset_dir=dataset)
     assert code == 1 and "must be divisible by minimal possible batch size (3)" in text
     code, text = dry_run_report(tmp_path / "missing.yaml", tmp_path / "m")
     assert code == 2 and "file not found" in text
+    # the dry run reads the dataset where the real run does (its rl/ folder), and a missing one stops it
+    code, text = dry_run_report(repo_root / "params.yaml", tmp_path / "nodata", dataset_dir=tmp_path / "nowhere")
+    assert code == 2 and text == (f"dry run failed: cannot launch verl, missing: train split {tmp_path}/nowhere/rl/"
+                                  f"train.parquet; validation split {tmp_path}/nowhere/rl/validation.parquet (build "
+                                  "the dataset: `dvc repro build_dataset`)\n")
+    assert not (tmp_path / "nodata").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +115,7 @@ def test_two_step_grpo_training_on_a_gpu(tmp_path: Path, repo_root: Path, write_
     pytest.importorskip("vllm")
     pytest.importorskip("transfer_queue")  # verl's default V1 trainer needs it (verl[verl-core])
     dataset = default_dataset_dir(load_params(REPO / "params.yaml"))
-    if not (dataset / "train.parquet").is_file():
+    if not (dataset / "rl" / "train.parquet").is_file():
         pytest.skip("build the dataset first (stages/build_dataset.py)")
     gpus = torch.cuda.device_count()
     params_file = write_params(tmp_path / "p.yaml", model_path=model, n_gpus_per_node=gpus, group_size=2,

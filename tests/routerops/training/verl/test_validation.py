@@ -18,9 +18,10 @@ from routerops.training.verl.validation import VerlConfigError
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
 def test_generated_overrides_compose_and_pass_verls_validation(tmp_path: Path, algorithm: str, repo_root: Path,
-                                                                write_params: Callable[..., Path]) -> None:
+                                                                write_params: Callable[..., Path],
+                                                                dataset: Path) -> None:
     params = load_params(write_params(tmp_path / "p.yaml", algorithm=algorithm))
-    run = dry_run(params, out_dir=tmp_path / "out", params_path=tmp_path / "p.yaml", dataset_dir=tmp_path)
+    run = dry_run(params, out_dir=tmp_path / "out", params_path=tmp_path / "p.yaml", dataset_dir=dataset)
     assert run.ok, run.error
     cfg = run.config
     v = params.train_router.verl
@@ -52,8 +53,8 @@ BAD_CASES = [
 @pytest.mark.parametrize(("change", "extra", "message"), BAD_CASES)
 def test_bad_settings_fail_with_verls_message(tmp_path: Path, change: dict[str, Any], extra: list[str],
                                               message: str, repo_root: Path,
-                                              with_verl: Callable[..., Params]) -> None:
+                                              with_verl: Callable[..., Params], dataset: Path) -> None:
     params = with_verl(load_params(repo_root / "params.yaml"), **change)  # no pydantic check: verl must catch it
     with pytest.raises(VerlConfigError) as info:
-        dry_run(params, out_dir=tmp_path, dataset_dir=tmp_path, extra_overrides=extra)
+        dry_run(params, out_dir=tmp_path / "out", dataset_dir=dataset, extra_overrides=extra)
     assert message in str(info.value)
