@@ -6,7 +6,7 @@ In order (each test builds on the one before): the pipeline deployment builds an
 version, promoted to champion; unchanged prices: the watch runs and nothing else does; a malformed
 price file: the watch fails and writes nothing; a uniform x2 change with the S3 store down: the
 triggered retrain fails at the push and changes nothing, and a re-run with the store back
-promotes a repriced version (same weights, new prices); a relative change (one model x10): the
+promotes a repriced version (same weights, new prices); a relative change (all models but one x10): the
 challenger's training is killed, nothing changes, and a re-run resumes, evaluates the challenger
 and promotes or rejects it with the numbers.
 """
@@ -310,7 +310,11 @@ def test_a_uniform_change_reprices_and_survives_the_store_going_down(stack: Stac
 
 @pytest.mark.timeout(1800)
 def test_a_relative_change_retrains_recovers_from_a_killed_training_and_decides(stack: Stack) -> None:
-    _set_prices(stack, {"Mixtral-8x22B-Instruct": 10.0})
+    # Every model but the priciest per token ten times dearer: Mixtral becomes the cheapest, so
+    # wherever it answers it is the new cheapest correct model. (Mixtral x10 alone moves nothing
+    # this champion relies on: no baseline's cheapest correct answer comes from it.)
+    _set_prices(stack, {name: 10.0 for name in _record(stack, "champion")["prices"]["usd_per_mtok"]
+                        if name != "Mixtral-8x22B-Instruct"})
     known = len(_runs(stack, "retrain"))
     run, watch = _watch(stack)
     assert run["state_type"] == "COMPLETED" and watch is not None
