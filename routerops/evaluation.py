@@ -18,7 +18,7 @@ import statistics
 import string
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ __all__ = [
     "KNN_FILES",
     "PAPER",
     "PRICED_SYSTEMS",
+    "SINGLE",
     "Call",
     "Decoding",
     "EvalRecord",
@@ -418,9 +419,10 @@ def with_baselines(records: Iterable[EvalRecord], pool: Pool, *, seed: int, knn:
     prices do not move it, so recorded random choices are kept). The price-based baselines'
     records already in `records` are replaced."""
     records = list(records)
+    present = {r.system for r in records}
     # Random's choice does not depend on prices: a recorded one stays (under the evaluation's seed).
-    kept = {s for s in ("random", "knn") if any(r.system == s for r in records)} - (set() if knn is None else {"knn"})
-    out = [r for r in records if r.system not in (*FIXED_BASELINES, "oracle", "knn") or r.system in kept]
+    kept = present & ({"random"} if knn is not None else {"random", "knn"})
+    out = [r for r in records if r.system not in ("random", *PRICED_SYSTEMS) or r.system in kept]
     singles: dict[str, dict[str, EvalRecord]] = defaultdict(dict)
     order: list[EvalRecord] = []
     for r in records:
@@ -439,16 +441,11 @@ def with_baselines(records: Iterable[EvalRecord], pool: Pool, *, seed: int, knn:
         evaluated = pool.restricted(per)
         for kind in FIXED_BASELINES:
             if kind not in kept:
-                out.append(_renamed(per[baseline_choice(kind, evaluated, first.question_id, seed)], kind))
-        out.append(_renamed(per[oracle_choice(per, pool, include_prompt)], "oracle"))
+                out.append(replace(per[baseline_choice(kind, evaluated, first.question_id, seed)], system=kind))
+        out.append(replace(per[oracle_choice(per, pool, include_prompt)], system="oracle"))
         if knn is not None:
-            out.append(_renamed(per[knn_pick[first.question_id]], "knn"))
+            out.append(replace(per[knn_pick[first.question_id]], system="knn"))
     return out
-
-
-def _renamed(r: EvalRecord, system: str) -> EvalRecord:
-    return EvalRecord(system, r.question_id, r.data_source, r.question, r.golden_answers, r.answer, r.format_valid,
-                      r.calls, r.latency_s, r.response)
 
 
 def reprice_records(records: Iterable[EvalRecord], new_pool: Pool, include_prompt: bool = False, *, seed: int,

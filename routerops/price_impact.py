@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from routerops.config import RetrainParams
-from routerops.evaluation import EvalRecord, KnnEvidence, aggregate, oracle_choice, with_baselines
+from routerops.evaluation import SINGLE, EvalRecord, KnnEvidence, aggregate, oracle_choice, with_baselines
 from routerops.pool import Pool
 from routerops.rewards import FrozenBoundsNormalizer, combine
 
@@ -43,7 +43,6 @@ __all__ = ["Decision", "Impact", "RetrainRule", "SystemImpact", "assess", "cost_
            "render_impact"]
 
 Decision = Literal["none", "reprice", "retrain"]
-SINGLE = "single:"
 ROUTER = "router"
 
 
