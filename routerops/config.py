@@ -106,7 +106,7 @@ class RewardsParams(_Section):
     alpha: float = Field(ge=0.0, le=1.0)
     outcome: Literal["em", "f1"]
     include_prompt_cost: bool
-    normalizer: Literal["sliding", "frozen"]
+    normalizer: Literal["sliding", "calibrated"]
     window: int = Field(ge=1)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from routerops.candidates.budget import RequestBudget, RunBudget
+from routerops.candidates.budget import RequestBudget, RunBudget, SharedRunBudget
 from routerops.candidates.cache import CachedBackend, ResponseCache
 from routerops.candidates.client import ClientConfig, OpenAIChatClient
 from routerops.candidates.replay import QualityMatrix, ReplayPool
@@ -73,10 +73,11 @@ def replay_pool(p: CandidatesParams, data_dir: Path, distractor_questions: Itera
 
 def build_backend(p: CandidatesParams, *, data_dir: Path, distractor_questions: Iterable[QuestionInfo] = (),
                   include_prompt_cost: bool = False, base_url: str | None = None,
-                  api_key: str | None = None) -> Backends:
+                  api_key: str | None = None, ledger_path: Path | None = None) -> Backends:
     """The candidate backend `p.backend` names: the replay pool over `data_dir`, or the HTTP
-    client (behind the response cache unless `p.cache_path` is null)."""
-    run_budget = RunBudget(p.run_budget_usd)
+    client (behind the response cache unless `p.cache_path` is null). With `ledger_path` the run
+    budget is that file's (`SharedRunBudget`: shared by the run's processes, kept on resume)."""
+    run_budget = RunBudget(p.run_budget_usd) if ledger_path is None else SharedRunBudget(p.run_budget_usd, ledger_path)
     if p.backend == "replay":
         replay = replay_pool(p, data_dir, distractor_questions)
         return Backends(replay, run_budget, replay=replay)

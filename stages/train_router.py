@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from routerops.codebase import code_hash, import_closure
 from routerops.config import Params, load_params
+from routerops.cost_calibration import CALIBRATION_FILE, CostCalibration, read_calibration
 from routerops.io import atomic_dir, write_json_atomic, write_text_atomic
 from routerops.paths import default_params_file, default_pool_file, project_root
 from routerops.pool import Pool, load_pool
@@ -189,7 +190,8 @@ def _run_local(params: Params, inputs: Inputs, resumed: bool) -> Outputs:
 
     questions = read_questions(inputs.dataset_dir, "train")
     replay = replay_pool(params.candidates, inputs.data_dir, questions)
-    result = LocalTrainer(params, inputs.pool, questions, replay, inputs.checkpoint_dir).run()
+    trainer = LocalTrainer(params, inputs.pool, questions, replay, inputs.checkpoint_dir)
+    result = trainer.run()
     history = result.history
     warm = next(h for h in history if h["phase"] == "warm-start")
     # One step samples only questions_per_step questions: report the mean of the last steps.
@@ -202,7 +204,7 @@ def _run_local(params: Params, inputs: Inputs, resumed: bool) -> Outputs:
     # Where the training's candidate outcomes came from, for the evaluation's provenance table
     # (this process's calls: a resumed run counts only what it ran since the resume).
     return Outputs(InMemoryPolicy(result.model, result.tokenizer), summary, tuple(history),
-                   {**_meta(params, inputs.pool), "provenance": replay.stats.by_origin()})
+                   {**_meta(params, inputs.pool, trainer.calibration), "provenance": replay.stats.by_origin()})
 
 
 def _start(command: Sequence[str], cwd: Path) -> int:
@@ -235,7 +237,9 @@ def _run_verl(params: Params, inputs: Inputs, resumed: bool) -> Outputs:
         sum(s.em_mean for s in tail) / len(tail), sum(s.cost_usd_mean for s in tail) / len(tail),
         sum(s.calls_mean for s in tail) / len(tail), call_share=_shares([s.calls_per_model for s in tail]))
     summary = TrainSummary("verl", step or 0, resumed, len(tail), None, final, None)
-    return Outputs(ExportedPolicy(staged), summary, (), _meta(params, inputs.pool))
+    bounds = dry.out_dir / CALIBRATION_FILE
+    return Outputs(ExportedPolicy(staged), summary, (),
+                   _meta(params, inputs.pool, read_calibration(bounds) if bounds.is_file() else None))
 
 
 def _shares(per_step: Sequence[Mapping[str, int]]) -> dict[str, float]:
@@ -247,11 +251,15 @@ def _shares(per_step: Sequence[Mapping[str, int]]) -> dict[str, float]:
     return {m: n / total for m, n in sorted(totals.items())} if total else {}
 
 
-def _meta(params: Params, pool: Pool) -> dict[str, Any]:
+def _meta(params: Params, pool: Pool, calibration: CostCalibration | None) -> dict[str, Any]:
+    """The router's routerops.json: what it was trained with, the cost normaliser included (the
+    calibrated bounds, or Router-R1's window)."""
     tp = params.train_router
     steps = tp.local.grpo_steps if tp.backend == "local" else tp.verl.total_training_steps
+    normalizer = ({"mode": "calibrated", **calibration.to_json()} if calibration is not None
+                  else {"mode": params.rewards.normalizer, "window": params.rewards.window})
     return {"backend": tp.backend, "pool_snapshot": pool.snapshot_id, "prices_id": pool.pricing.id,
-            "alpha": params.rewards.alpha, "steps": steps, "seed": tp.seed}
+            "alpha": params.rewards.alpha, "steps": steps, "seed": tp.seed, "cost_normalizer": normalizer}
 
 
 def run(params: Params, inputs: Inputs) -> Outputs:

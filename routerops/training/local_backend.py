@@ -19,7 +19,9 @@
 
 Checkpoints (every `checkpoint_every` steps) hold model, optimiser, RNG states, step, and the
 cost normaliser state; they are written atomically, and a killed run resumes from the newest
-complete one and continues exactly as if it had never stopped.
+complete one and continues exactly as if it had never stopped. The run budget's ledger
+(`run_budget.json`) and, with `rewards.normalizer: calibrated`, the cost bounds calibrated before
+training (`cost_bounds.json`) sit in the same folder: a resumed run keeps both.
 """
 
 from __future__ import annotations
@@ -40,10 +42,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from routerops.candidates.budget import Budget, RequestBudget, RunBudget
+from routerops.candidates.budget import LEDGER_FILE, Budget, RequestBudget, SharedRunBudget
 from routerops.candidates.replay import CORRECT_TEMPLATES, WRONG_TEMPLATES, ReplayPool
 from routerops.candidates.types import QuestionInfo
 from routerops.config import Params
+from routerops.cost_calibration import (
+    CALIBRATION_FILE,
+    CostCalibration,
+    read_calibration,
+    training_calibration,
+    write_calibration,
+)
 from routerops.io import atomic_dir, write_json_atomic
 from routerops.policy import ScriptedRouter, answer_turn, search_turn
 from routerops.pool import Pool
@@ -125,18 +134,35 @@ class LocalTrainer:
             raise ValueError("no training questions")
         self.replay = replay
         # Every replayed call of the run (warm-start episodes and GRPO rollouts) counts against
-        # params `candidates.run_budget_usd` (and each episode against `request_budget_usd`). The
-        # ledger starts at zero in each process: a resumed run gets the whole budget again.
-        self.run_budget = RunBudget(params.candidates.run_budget_usd)
+        # params `candidates.run_budget_usd` (and each episode against `request_budget_usd`), in
+        # the checkpoint folder's ledger: a resumed run goes on from what was spent.
+        self.run_budget = SharedRunBudget(params.candidates.run_budget_usd, checkpoint_dir / LEDGER_FILE)
         # Drill answer sources: the training answers, and the words of the training questions.
         self._answers = sorted({a for q in self.questions for a in q.golden_answers})
         self._words = sorted({w.strip(string.punctuation) for q in self.questions for w in q.text.split()} - {""})
         self.ckpt_dir = checkpoint_dir
+        self.calibration = self._calibration() if params.rewards.normalizer == "calibrated" else None
         self.on_step = on_step  # test hook: called after each completed (and checkpointed) step
         self.limits = params.router_limits()
         self._ptx: list[tuple[list[int], list[int]]] | None = None
 
     # ----- set-up ------------------------------------------------------------------------------
+
+    def _calibration(self) -> CostCalibration:
+        """The run's cost bounds: read back on resume, else calibrated on the pool and the training
+        questions and written beside the checkpoints before the first step."""
+        path = self.ckpt_dir / CALIBRATION_FILE
+        if path.is_file():
+            return read_calibration(path)
+        calibration = training_calibration(self.params, self.pool, self.questions)
+        write_calibration(path, calibration)
+        return calibration
+
+    def initial_normalizer(self) -> CostNormalizer:
+        """What the first step's costs are normalised by: the calibrated bounds, or an empty window."""
+        if self.calibration is not None:
+            return self.calibration.normalizer()
+        return SlidingWindowNormalizer(self.params.rewards.window)
 
     def _prepare(self) -> tuple[CausalLM, HFTokenizer]:
         """Tokenizer + SFT'd model, from the checkpoint dir if SFT already ran."""
@@ -323,7 +349,7 @@ class LocalTrainer:
         ref, _ = load_policy(self.ckpt_dir / "sft")
         ref.eval()
         opt = torch.optim.AdamW(model.parameters(), lr=lp.grpo_lr, weight_decay=0.0)
-        normalizer: CostNormalizer = SlidingWindowNormalizer(self.params.rewards.window)
+        normalizer = self.initial_normalizer()
         history: list[dict[str, Any]] = []
         start = 0
         latest = self._latest()
@@ -354,7 +380,7 @@ class LocalTrainer:
         trajs = self._rollouts(step, model, tokenizer)
         scores, _ = score_batch([ScoreItem(t.segments, t.question.golden_answers, t.usages()) for t in trajs],
                                 self.pool, self.params.rewards.alpha,
-                                SlidingWindowNormalizer(self.params.rewards.window), self.params.rewards.outcome,
+                                self.initial_normalizer(), self.params.rewards.outcome,
                                 self.params.rewards.include_prompt_cost, self.limits.rules)
         return {**step_metrics(trajs, scores, self.pool), "kl": 0.0, "entropy": 0.0, "pg_loss": 0.0}, trajs
 

@@ -79,7 +79,10 @@ def test_short_local_run_learns_the_format(repo_root, pool, dataset, shared_data
                     # where the training's candidate outcomes came from, for the evaluation's report
                     "provenance": {"replay:recorded": s.replay["recorded_as_is"],
                                    "replay:calibrated": s.replay["recorded_changed_by_calibration"],
-                                   "replay:prior": s.replay["drawn_from_priors"]}}
+                                   "replay:prior": s.replay["drawn_from_priors"]},
+                    # the cost bounds calibrated before the first step, as the checkpoint folder holds them
+                    "cost_normalizer": {"mode": "calibrated",
+                                        **json.loads((tmp_path / "ckpt" / "cost_bounds.json").read_text())}}
     assert (tmp_path / "router" / "config.json").is_file()
     assert (tmp_path / "router" / "summary.md").read_text().startswith("# Router training\n")
     assert json.loads((tmp_path / "train.json").read_text()) == json.loads(json.dumps(s.as_json()))
@@ -133,6 +136,13 @@ def test_killed_run_resumes_exactly(repo_root, pool, dataset, shared_data, tmp_p
     a = torch.load(tmp_path / "ckpt" / "step_00004" / "model.pt")
     b = torch.load(tmp_path / "ref-ckpt" / "step_00004" / "model.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The budget's ledger kept what the killed process spent: the resumed run paid for step 3
+    # twice, so it holds more than the uninterrupted run's, never a fresh zero.
+    killed, whole = (json.loads((tmp_path / d / "run_budget.json").read_text()) for d in ("ckpt", "ref-ckpt"))
+    assert killed["calls"] > whole["calls"] and killed["spent_usd"] > whole["spent_usd"] > 0
+    # The cost bounds were calibrated once, before the first step, and read back on resume.
+    assert (tmp_path / "ckpt" / "cost_bounds.json").read_text() == (tmp_path / "ref-ckpt" / "cost_bounds.json").read_text()
+    assert resumed.meta["cost_normalizer"]["mode"] == "calibrated"
 
 
 def test_changed_inputs_clear_old_checkpoints(repo_root, pool, dataset, shared_data, tmp_path) -> None:

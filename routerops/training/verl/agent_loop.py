@@ -200,8 +200,9 @@ class _RouterAgentLoopImpl:
     """The body of `RouterAgentLoop`; combined with verl's `AgentLoopBase` on first use.
 
     verl instantiates the loop per trajectory with `hydra.utils.instantiate(entry, ...)`, where
-    `entry` is our agent-loop YAML entry, so its extra keys (`params_path`, `pool_path`) arrive
-    here as keyword arguments, next to verl's own (trainer_config, server_manager, tokenizer...).
+    `entry` is our agent-loop YAML entry, so its extra keys (`params_path`, `pool_path`,
+    `ledger_path`) arrive here as keyword arguments, next to verl's own (trainer_config,
+    server_manager, tokenizer...).
     """
 
     # Provided by verl's AgentLoopBase (annotations only: no attribute may shadow the base's).
@@ -211,10 +212,10 @@ class _RouterAgentLoopImpl:
     ct_build_initial_tokens: Callable[..., Awaitable[list[int]]]
 
     def __init__(self, *args: Any, params_path: str | None = None, pool_path: str | None = None,
-                 name: str | None = None, **kwargs: Any) -> None:
+                 ledger_path: str | None = None, name: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.agent_name = name
-        self.runtime = process_runtime(params_path, pool_path)
+        self.runtime = process_runtime(params_path, pool_path, ledger_path)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> Any:
         from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
@@ -262,15 +263,18 @@ def _build_agent_loop_class() -> type:
     """Create `RouterAgentLoop(AgentLoopBase)` and register it in verl's in-process registry."""
     global _AGENT_LOOP_CLASS
     if _AGENT_LOOP_CLASS is None:
-        from verl.experimental.agent_loop.agent_loop import AgentLoopBase, register
+        from verl.experimental.agent_loop.agent_loop import AgentLoopBase, _agent_loop_registry, register
 
         cls = type(AGENT_LOOP_CLASS, (_RouterAgentLoopImpl, AgentLoopBase), {
             "__module__": MODULE, "__qualname__": AGENT_LOOP_CLASS,
             "__doc__": "verl agent loop running routerops' multi-round routing episode (see module docs).",
         })
-        # In-process registration (tests, single-process use); verl's workers register it from
-        # agent_loop.yaml under the dataset's agent name instead.
-        register("router_agent")(cls)
+        # In-process registration (tests, single-process use) only where verl's worker has not
+        # registered it from agent_loop.yaml: hydra builds this class while instantiating the
+        # worker's first entry, and overwriting that entry here would drop its params, pool and
+        # ledger paths for every later trajectory of the process.
+        if "router_agent" not in _agent_loop_registry:
+            register("router_agent")(cls)
         _AGENT_LOOP_CLASS = cls
     return _AGENT_LOOP_CLASS
 
@@ -283,12 +287,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {MODULE!r} has no attribute {name!r}")
 
 
-def agent_loop_entries(agent_name: str, *, params_path: str | None = None,
-                       pool_path: str | None = None) -> list[dict[str, str]]:
+def agent_loop_entries(agent_name: str, *, params_path: str | None = None, pool_path: str | None = None,
+                       ledger_path: str | None = None) -> list[dict[str, str]]:
     """The agent-loop YAML verl reads from `rollout.agent.agent_loop_config_path`."""
     entry = {"name": agent_name, "_target_": f"{MODULE}.{AGENT_LOOP_CLASS}"}
-    if params_path:
-        entry["params_path"] = str(params_path)
-    if pool_path:
-        entry["pool_path"] = str(pool_path)
+    for key, value in (("params_path", params_path), ("pool_path", pool_path), ("ledger_path", ledger_path)):
+        if value:
+            entry[key] = str(value)
     return [entry]

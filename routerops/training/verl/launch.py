@@ -14,7 +14,6 @@ runs the dry run without the CLI.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -25,15 +24,15 @@ from typing import Any
 
 import yaml
 
+from routerops.candidates.budget import LEDGER_FILE
 from routerops.config import Params, load_params
+from routerops.cost_calibration import CALIBRATION_FILE, training_calibration, write_calibration
 from routerops.paths import project_root
-from routerops.rl_dataset import split_path
+from routerops.pool import load_pool
+from routerops.rl_dataset import read_questions, split_path
 from routerops.training.verl.agent_loop import AGENT_LOOP_FILE, agent_loop_entries
 from routerops.training.verl.overrides import build_overrides
 from routerops.training.verl.runtime import (
-    PARAMS_ENV,
-    POOL_ENV,
-    TELEMETRY_ENV,
     resolve_params_path,
     resolve_pool_path,
 )
@@ -61,38 +60,35 @@ OVERRIDES_FILE = "overrides.txt"
 CONFIG_FILE = "verl_config.yaml"
 LAUNCH_FILE = "launch.sh"
 
-# Paths never uploaded with the Ray working directory (environments, data, outputs).
-# gitignore syntax, relative to the repository root (a leading "/" anchors at the root).
-_RAY_EXCLUDES = ["/.venv", "/.git", "/artifacts", "/checkpoints", "/data", "/runs", "/plots", "/.routerops",
-                 "__pycache__", "*.parquet", "*.safetensors", "*.pt"]
-
-
-def runtime_env(params: Params, *, params_path: str | os.PathLike[str] | None = None,
-                pool_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Ray runtime env for `ray job submit`: our code as working_dir, settings as env vars.
-
-    Secrets (candidate API keys) are never put here: set them in the cluster nodes' env.
-    """
-    env = {**TELEMETRY_ENV, PARAMS_ENV: str(resolve_params_path(params_path).resolve()),
-           POOL_ENV: str(resolve_pool_path(pool_path).resolve())}
-    if os.environ.get("ROUTEROPS_SHARED_DATA"):
-        env["ROUTEROPS_SHARED_DATA"] = str(Path(os.environ["ROUTEROPS_SHARED_DATA"]).resolve())
-    return {"working_dir": str(project_root()), "excludes": list(_RAY_EXCLUDES), "env_vars": env}
-
-
 def launch_command(params: Params, overrides: Sequence[str], *, python: str = "python",
                    params_path: str | os.PathLike[str] | None = None,
                    pool_path: str | os.PathLike[str] | None = None) -> list[str]:
-    """The command that trains: on this node, or submitted to `train_router.verl.ray_address`.
+    """The command that trains: on this node, or a job submitted to `train_router.verl.ray_address`.
 
     Re-running the same command resumes from the latest checkpoint (trainer.resume_mode=auto).
+    A cluster job carries the repository as its working_dir and its data from the DVC remote (the
+    md5s in dvc.lock and data.dvc), and runs this dry run again on the cluster, so no path of
+    this machine reaches it (`routerops.training.cluster`); `overrides` are this node's.
     """
     v = params.train_router.verl
     base = [python, "-m", "verl.trainer.main_ppo", *overrides]
     if not v.ray_address:
         return base
-    env = json.dumps(runtime_env(params, params_path=params_path, pool_path=pool_path), sort_keys=True)
-    return ["ray", "job", "submit", "--address", v.ray_address, "--runtime-env-json", env, "--", *base]
+    from routerops.remote import read_remote_config
+    from routerops.training.cluster import job_inputs, submit_command
+
+    root = project_root()
+    try:
+        lock = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8")) or {}
+        data_dvc = yaml.safe_load((root / "data.dvc").read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as exc:
+        raise LaunchInputError(f"a cluster job reads its data from the DVC remote by md5: {exc.filename} is "
+                               "missing (run `dvc repro build_dataset` and `dvc push`)") from None
+    inputs = job_inputs(lock, data_dvc, params.build_dataset.out_dir)
+    job_id = f"{v.experiment_name}-{inputs[0].md5[:8]}"
+    return submit_command(v.ray_address, "verl", remote_url=read_remote_config(root).url, inputs=inputs,
+                          job_id=job_id, params_path=str(resolve_params_path(params_path)),
+                          pool_path=str(resolve_pool_path(pool_path)), python=python)
 
 
 def latest_checkpoint_step(checkpoint_dir: str | os.PathLike[str]) -> int | None:
@@ -163,6 +159,7 @@ class LaunchInputs:
     train_file: Path
     val_file: Path
     checkpoint_dir: Path
+    dataset_dir: Path
 
 
 def launch_inputs(params: Params, *, dataset_dir: str | os.PathLike[str] | None = None,
@@ -175,7 +172,7 @@ def launch_inputs(params: Params, *, dataset_dir: str | os.PathLike[str] | None 
     root = Path(dataset_dir).resolve() if dataset_dir else default_dataset_dir(params)
     found = LaunchInputs(resolve_params_path(params_path).resolve(), resolve_pool_path(pool_path).resolve(),
                          split_path(root, "train").resolve(), (root / "rl" / f"{val_split}.parquet").resolve(),
-                         Path(checkpoint_dir).resolve() if checkpoint_dir else default_checkpoint_dir(params))
+                         Path(checkpoint_dir).resolve() if checkpoint_dir else default_checkpoint_dir(params), root)
     missing = [f"{what} {path}" for what, path in (("params", found.params_path), ("pool", found.pool_path),
                                                     ("train split", found.train_file),
                                                     (f"{val_split} split", found.val_file))
@@ -195,16 +192,21 @@ def dry_run(params: Params, *, out_dir: str | os.PathLike[str], params_path: str
     `dataset_dir` is the dataset stage's output (its RL parquet under rl/); a missing input raises
     `LaunchInputError` before any file is written (`launch_inputs`).
 
-    Files (in `out_dir`): agent_loop.yaml (verl's agent-loop registry entry), overrides.txt (one
-    Hydra override per line), verl_config.yaml (the composed config, only when it composes) and
-    launch.sh (the exact command). With `raise_on_error=False` an invalid config is reported in
-    `DryRun.error` instead of raising `VerlConfigError`.
+    Files (in `out_dir`): cost_bounds.json (with `rewards.normalizer: calibrated`: the cost bounds
+    calibrated on the pool and the training split, read by every reward worker), agent_loop.yaml
+    (verl's agent-loop registry entry, naming the run's budget ledger in the checkpoint folder),
+    overrides.txt (one Hydra override per line), verl_config.yaml (the composed config, only when
+    it composes) and launch.sh (the exact command). With `raise_on_error=False` an invalid config
+    is reported in `DryRun.error` instead of raising `VerlConfigError`.
     """
     inputs = launch_inputs(params, dataset_dir=dataset_dir, params_path=params_path, pool_path=pool_path,
                            checkpoint_dir=checkpoint_dir)
+    pp, pl, ckpt = inputs.params_path, inputs.pool_path, inputs.checkpoint_dir
+    calibration = None
+    if params.rewards.normalizer == "calibrated":
+        calibration = training_calibration(params, load_pool(pl), read_questions(inputs.dataset_dir, "train"))
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    pp, pl, ckpt = inputs.params_path, inputs.pool_path, inputs.checkpoint_dir
     agent_name = params.build_dataset.agent_name
     v = params.train_router.verl
 
@@ -213,11 +215,16 @@ def dry_run(params: Params, *, out_dir: str | os.PathLike[str], params_path: str
         notes.append("cluster run with a relative checkpoint_dir: use a path on storage shared by all nodes")
 
     files = [out / AGENT_LOOP_FILE, out / OVERRIDES_FILE]
-    files[0].write_text(yaml.safe_dump(agent_loop_entries(agent_name, params_path=str(pp), pool_path=str(pl)),
+    bounds = None if calibration is None else write_calibration(out / CALIBRATION_FILE, calibration)
+    files[0].write_text(yaml.safe_dump(agent_loop_entries(agent_name, params_path=str(pp), pool_path=str(pl),
+                                                          ledger_path=str(ckpt / LEDGER_FILE)),
                                        sort_keys=False), encoding="utf-8")
     overrides = build_overrides(params, train_file=inputs.train_file, val_file=inputs.val_file, out_dir=out,
-                                checkpoint_dir=ckpt, params_path=pp, pool_path=pl, extra=extra_overrides)
+                                checkpoint_dir=ckpt, params_path=pp, pool_path=pl, cost_bounds_path=bounds,
+                                extra=extra_overrides)
     files[1].write_text("\n".join(overrides) + "\n", encoding="utf-8")
+    if bounds is not None:
+        files.insert(0, bounds)
     command = launch_command(params, overrides, params_path=pp, pool_path=pl)
     launch = out / LAUNCH_FILE
     launch.write_text("#!/usr/bin/env bash\n# Generated by routerops (verl backend); re-run to resume.\n"

@@ -61,12 +61,14 @@ def _ov(key: str, value: Any) -> str:
 def build_overrides(params: Params, *, train_file: str | os.PathLike[str], val_file: str | os.PathLike[str],
                     out_dir: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str],
                     params_path: str | os.PathLike[str] | None = None,
-                    pool_path: str | os.PathLike[str] | None = None, extra: Sequence[str] = ()) -> list[str]:
+                    pool_path: str | os.PathLike[str] | None = None,
+                    cost_bounds_path: str | os.PathLike[str] | None = None, extra: Sequence[str] = ()) -> list[str]:
     """verl Hydra overrides, every value derived from `params` (never hand-written per run).
 
     `train_file` and `val_file` are the RL parquet files (`launch.launch_inputs` resolves and checks
     them); `out_dir` holds the generated agent-loop YAML; `checkpoint_dir` becomes
-    trainer.default_local_dir (and holds the cost log, so it survives resumes). `extra` is
+    trainer.default_local_dir (and holds the cost log, so it survives resumes); `cost_bounds_path`
+    is the calibration the reward reads under `rewards.normalizer: calibrated`. `extra` is
     appended last, so it wins (Hydra applies overrides in order).
     """
     tr = params.train_router
@@ -122,6 +124,9 @@ def build_overrides(params: Params, *, train_file: str | os.PathLike[str], val_f
         _ov("+reward.custom_reward_function.reward_kwargs.pool_path", str(pl)),
         _ov("+reward.custom_reward_function.reward_kwargs.cost_log_path", str(ckpt / COST_LOG_FILE)),
     ]
+    if cost_bounds_path is not None:
+        o.append(_ov("+reward.custom_reward_function.reward_kwargs.cost_bounds_path",
+                     str(Path(cost_bounds_path).resolve())))
     if grpo:
         o += [
             _ov("algorithm.adv_estimator", "grpo"),

@@ -9,13 +9,15 @@ per step), because verl aggregates no extra fields during training.
 Cost normalisation
 ------------------
 verl calls the reward function once per trajectory, in several reward-worker processes
-(`reward.num_workers`). Each process keeps one normaliser per data split (`extra_info.split`:
-train, validation, test), so validation costs never move the training normaliser and the other
-way round. `sliding` is Router-R1's window of recent costs, updated one trajectory at a time (the
-original updates per batch); `frozen` behaves as `sliding` until the window holds `window`
-costs of that split and then freezes its p5/p95 bounds for the rest of the process. Normaliser
-state lives in the process (it is not in verl's checkpoints), so a resumed run starts a fresh
-window; with Router-R1's main setting (alpha = 0) cost never enters the reward at all.
+(`reward.num_workers`), and picks a worker at random. `rewards.normalizer: calibrated` (the
+default) reads fixed bounds from the file the launch calibrated before training
+(`reward_kwargs.cost_bounds_path`, `routerops.cost_calibration`): every worker, every split and a
+resumed run give the same cost the same reward. `sliding` is Router-R1's window of recent costs,
+one per data split (`extra_info.split`) and process, updated one trajectory at a time (the
+original updates per batch). Caveat: with `sliding` and alpha > 0, each of the `num_workers`
+processes has its own window, so the same cost earns different rewards depending on the worker
+verl picks, and a resumed run starts empty windows; with Router-R1's main setting (alpha = 0) cost
+never enters the reward at all.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from routerops.config import Params
+from routerops.cost_calibration import CalibrationError, CostCalibration, read_calibration
 from routerops.pool import Pool
 from routerops.protocol import ROUTER_R1, FormatRules
 from routerops.rewards import (
     CallUsage,
     CostNormalizer,
-    FrozenBoundsNormalizer,
     RewardBreakdown,
     ScoreItem,
     SlidingWindowNormalizer,
@@ -54,25 +56,25 @@ BREAKDOWN_KEYS = ("acc", "format", "em", "f1", "cost_usd", "cost_norm", "num_cal
 
 
 class SplitNormalizers:
-    """One cost normaliser per data split, owned explicitly (see the module docstring)."""
+    """The cost normaliser of each data split, owned explicitly (see the module docstring): the
+    calibration's fixed bounds for every split, or one sliding window per split."""
 
-    def __init__(self, mode: str, window: int) -> None:
-        self.mode, self.window = mode, window
+    def __init__(self, mode: str, window: int, calibration: CostCalibration | None = None) -> None:
+        if mode == "calibrated" and calibration is None:
+            raise CalibrationError("rewards.normalizer is 'calibrated' but no calibration was given")
+        self.mode, self.window, self.calibration = mode, window, calibration
         self._by_split: dict[str, CostNormalizer] = {}
-        self._seen: Counter[str] = Counter()
         self._lock = threading.Lock()  # verl scores in executor threads
 
     def get(self, split: str) -> CostNormalizer:
+        if self.calibration is not None and self.mode == "calibrated":
+            return self.calibration.normalizer()
         return self._by_split.get(split) or SlidingWindowNormalizer(self.window)
 
     def score(self, split: str, items: Sequence[ScoreItem], pool: Pool, alpha: float, outcome: Literal["em", "f1"],
               include_prompt: bool, rules: FormatRules = ROUTER_R1) -> list[RewardBreakdown]:
         with self._lock:
             out, nxt = score_batch(items, pool, alpha, self.get(split), outcome, include_prompt, rules)
-            self._seen[split] += len(items)
-            if (self.mode == "frozen" and isinstance(nxt, SlidingWindowNormalizer)
-                    and self._seen[split] >= self.window):
-                nxt = FrozenBoundsNormalizer.calibrate([x * x for x in nxt.history])  # history holds sqrt(cost)
             self._by_split[split] = nxt
             return out
 
@@ -88,13 +90,25 @@ class _Scorer:
     normalizers: SplitNormalizers
 
 
-_SCORERS: dict[tuple[str, str], _Scorer] = {}
+_SCORERS: dict[tuple[str, ...], _Scorer] = {}
 _SCORER_LOCK = threading.Lock()
 
 
-def process_scorer(params_path: str | None, pool_path: str | None) -> _Scorer:
-    return per_process(_SCORERS, _SCORER_LOCK, params_path, pool_path, lambda params, pool: _Scorer(
-        params, pool, SplitNormalizers(params.rewards.normalizer, params.rewards.window)))
+def process_scorer(params_path: str | None, pool_path: str | None, cost_bounds_path: str | None = None) -> _Scorer:
+    """This process's scorer for (params, pool, calibration file). With `rewards.normalizer:
+    calibrated` a missing or unreadable calibration is a `CalibrationError` on the first score,
+    never a silent fall-back to a per-process window."""
+    def build(params: Params, pool: Pool) -> _Scorer:
+        calibration = None
+        if params.rewards.normalizer == "calibrated":
+            if not cost_bounds_path:
+                raise CalibrationError(
+                    "rewards.normalizer is 'calibrated' but reward_kwargs has no cost_bounds_path: launch through "
+                    "routerops (its dry run calibrates the bounds and names the file), or set normalizer: sliding")
+            calibration = read_calibration(cost_bounds_path)
+        return _Scorer(params, pool, SplitNormalizers(params.rewards.normalizer, params.rewards.window, calibration))
+
+    return per_process(_SCORERS, _SCORER_LOCK, params_path, pool_path, build, str(cost_bounds_path or ""))
 
 
 def reset_reward_state() -> None:
@@ -128,7 +142,7 @@ def _append_jsonl(path: str, record: Mapping[str, Any]) -> None:
 
 def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: Mapping[str, Any] | None = None,
                   *, params_path: str | None = None, pool_path: str | None = None,
-                  cost_log_path: str | None = None, **_: Any) -> dict[str, float]:
+                  cost_log_path: str | None = None, cost_bounds_path: str | None = None, **_: Any) -> dict[str, float]:
     """verl's custom reward function: Router-R1's format -> outcome -> cost hierarchy.
 
     verl 0.9.1's reward manager calls it with data_source, solution_str (the response decoded
@@ -138,9 +152,9 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     metric, so only numbers are returned; the answer and the calls go to the cost log.
     """
     extra = dict(extra_info or {})
-    scorer = process_scorer(params_path, pool_path)
-    rewards = scorer.params.rewards
     calls = _calls_from(extra)
+    scorer = process_scorer(params_path, pool_path, cost_bounds_path)
+    rewards = scorer.params.rewards
     usages = [CallUsage(str(c["model"]), int(c["completion_tokens"]), int(c.get("prompt_tokens", 0)))
               for c in calls if c.get("ok")]
     split = str(extra.get("split") or "train")

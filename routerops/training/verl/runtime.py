@@ -5,7 +5,9 @@ our params from, in order: the `params_path` keyword (written by the dry run int
 YAML and into `reward.custom_reward_function.reward_kwargs`), else the file named by
 `$ROUTEROPS_PARAMS`, else the repository's params.yaml. The pool file works the same way
 (`pool_path`, `$ROUTEROPS_POOL`, pool.yaml); the replay data directory is
-`$ROUTEROPS_SHARED_DATA` or ../shared/data.
+`$ROUTEROPS_SHARED_DATA` or ../shared/data. The run budget is the ledger file `ledger_path`
+(written by the dry run into the agent-loop YAML: `<checkpoint_dir>/run_budget.json`), shared by
+every agent-loop worker of the run and kept across resumes; without one, each process has its own.
 """
 
 from __future__ import annotations
@@ -55,23 +57,24 @@ class ProcessRuntime:
 
 
 _T = TypeVar("_T")
-_RUNTIMES: dict[tuple[str, str], ProcessRuntime] = {}
+_RUNTIMES: dict[tuple[str, ...], ProcessRuntime] = {}
 _RUNTIME_LOCK = threading.Lock()
 
 
-def per_process(cache: dict[tuple[str, str], _T], lock: threading.Lock, params_path: str | None,
-                pool_path: str | None, build: Callable[[Params, Pool], _T]) -> _T:
-    """Build once per (params file, pool file) pair and process, then reuse."""
+def per_process(cache: dict[tuple[str, ...], _T], lock: threading.Lock, params_path: str | None,
+                pool_path: str | None, build: Callable[[Params, Pool], _T], *extra_key: str) -> _T:
+    """Build once per (params file, pool file, *extra_key) and process, then reuse."""
     pp, pl = resolve_params_path(params_path).resolve(), resolve_pool_path(pool_path).resolve()
-    key = (str(pp), str(pl))
+    key = (str(pp), str(pl), *extra_key)
     with lock:
         if key not in cache:
             cache[key] = build(load_params(pp), load_pool(pl))
         return cache[key]
 
 
-def process_runtime(params_path: str | None, pool_path: str | None) -> ProcessRuntime:
-    """One runtime per (params, pool) file pair and process.
+def process_runtime(params_path: str | None, pool_path: str | None,
+                    ledger_path: str | None = None) -> ProcessRuntime:
+    """One runtime per (params, pool, ledger) and process.
 
     verl instantiates an agent loop per trajectory; loading the quality matrix (~8 MB of JSON)
     or opening an HTTP client per trajectory would dominate rollout time, so they are built once.
@@ -80,7 +83,8 @@ def process_runtime(params_path: str | None, pool_path: str | None) -> ProcessRu
 
     def build(params: Params, pool: Pool) -> ProcessRuntime:
         backends = build_backend(params.candidates, data_dir=shared_data_dir(),
-                                 include_prompt_cost=params.rewards.include_prompt_cost)
+                                 include_prompt_cost=params.rewards.include_prompt_cost,
+                                 ledger_path=Path(ledger_path) if ledger_path else None)
         return ProcessRuntime(params, pool, backends)
 
-    return per_process(_RUNTIMES, _RUNTIME_LOCK, params_path, pool_path, build)
+    return per_process(_RUNTIMES, _RUNTIME_LOCK, params_path, pool_path, build, str(ledger_path or ""))

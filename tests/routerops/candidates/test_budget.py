@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from routerops.candidates import Budget, RequestBudget, RunBudget
+from routerops.candidates.budget import LedgerError, SharedRunBudget
 
 
 def test_unlimited_never_refuses() -> None:
@@ -98,3 +103,69 @@ def test_concurrent_charges_from_threads_are_not_lost() -> None:
     assert not any(w.is_alive() for w in workers), "a charging thread did not finish"
     assert run.calls == per_thread * threads
     assert run.spent_usd == 0.5 * per_thread * threads
+
+
+# ----- the shared ledger: one run budget for every process of a run, kept across a resume ------
+
+CHARGER = """
+import sys
+from routerops.candidates.budget import SharedRunBudget
+path, limit, charges, usd = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+ledger = SharedRunBudget(None if limit == "none" else float(limit), path)
+for _ in range(charges):
+    if ledger.check() is None:
+        ledger.charge(usd)
+"""
+
+
+def _chargers(path: Path, limit: float | None, charges: int, usd: float, n: int) -> list[subprocess.Popen[bytes]]:
+    """`n` processes, each charging `charges` times, started together."""
+    return [subprocess.Popen([sys.executable, "-c", CHARGER, str(path), "none" if limit is None else str(limit),
+                              str(charges), str(usd)]) for _ in range(n)]
+
+
+def test_processes_charging_one_ledger_lose_nothing(tmp_path: Path) -> None:
+    """verl's agent-loop workers are separate processes: four of them charge one ledger at once."""
+    path = tmp_path / "run_budget.json"
+    assert [w.wait(120) for w in _chargers(path, None, 100, 0.25, 4)] == [0, 0, 0, 0]
+    ledger = SharedRunBudget(None, path)
+    assert (ledger.calls, ledger.spent_usd) == (400, 100.0)  # 0.25 is exact: the sum is too
+
+
+def test_one_processs_spending_refuses_another_processs_call(tmp_path: Path) -> None:
+    path = tmp_path / "run_budget.json"
+    assert [w.wait(120) for w in _chargers(path, 1.0, 4, 0.25, 1)] == [0]
+    here = SharedRunBudget(1.0, path)
+    assert here.check() == f"run budget spent: $1.000000 of $1.000000 (ledger {path})"
+    assert here.remaining_usd == 0.0 and here.refusals == 1
+
+
+def test_a_resumed_run_goes_on_from_what_was_spent(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt" / "run_budget.json"
+    first = SharedRunBudget(2.0, path)
+    first.charge(1.5)
+    del first  # the process ends; nothing but the file remains
+    resumed = SharedRunBudget(3.0, path)  # resumed with a larger limit: the spend is kept, the limit is new
+    assert (resumed.spent_usd, resumed.calls, resumed.remaining_usd) == (1.5, 1, 1.5)
+    assert json.loads(path.read_text())["limit_usd"] == 3.0
+    assert isinstance(resumed, RunBudget) and isinstance(RequestBudget(None, resumed), Budget)
+
+
+LEDGER_CASES = [
+    ("", "not a run ledger (Expecting value: line 1 column 1 (char 0))"),
+    ("[]", "not a run ledger ('list' object has no attribute 'get')"),
+    ('{"schema": 2, "spent_usd": 0, "calls": 0}', "not a run ledger (schema 2, expected 1)"),
+    ('{"schema": 1, "calls": 0}', "not a run ledger ('spent_usd')"),
+    ('{"schema": 1, "spent_usd": -1, "calls": 0}', "not a run ledger (spent_usd -1.0)"),
+    ('{"schema": 1, "spent_usd": "NaN", "calls": 0}', "not a run ledger (spent_usd nan)"),
+]
+
+
+@pytest.mark.parametrize(("content", "message"), LEDGER_CASES)
+def test_an_unreadable_ledger_is_refused_never_reset(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "run_budget.json"
+    path.write_text(content)
+    with pytest.raises(LedgerError) as info:
+        SharedRunBudget(1.0, path)
+    assert str(info.value) == f"{path}: {message}; move it aside to start the budget from zero"
+    assert path.read_text() == content  # left as found

@@ -25,11 +25,19 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}
 
 
 def rl_dataset(root: Path) -> Path:
-    """A dataset folder as the launch reads it (rl/train.parquet, rl/validation.parquet); a dry run
-    only checks that the files exist, so they are empty."""
+    """A dataset folder as the launch reads it (rl/train.parquet, rl/validation.parquet): two rows
+    per split in the RL schema's columns a dry run reads (the cost calibration reads the training
+    questions)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     (root / "rl").mkdir(parents=True, exist_ok=True)
     for split in ("train", "validation"):
-        (root / "rl" / f"{split}.parquet").touch()
+        rows = [{"data_source": "nq", "reward_model": {"ground_truth": [answer]},
+                 "extra_info": {"id": f"{split}-{i}", "question": question, "split": split}}
+                for i, (question, answer) in enumerate((("capital of France?", "Paris"), ("Who wrote Hamlet?",
+                                                                                           "Shakespeare")))]
+        pq.write_table(pa.Table.from_pylist(rows), root / "rl" / f"{split}.parquet")
     return root
 
 
@@ -69,11 +77,14 @@ def raw_params(repo_root: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def write_params(repo_root: Path) -> Callable[..., Path]:
-    def write(path: Path, *, alpha: float = 0.0, **verl: Any) -> Path:
+    def write(path: Path, *, alpha: float = 0.0, normalizer: str | None = None, **verl: Any) -> Path:
         """The repo's params with train_router.verl updated and Router-R1's main cost weight (alpha 0:
-        a valid correct answer scores exactly 1, whatever it cost); returns the file written."""
+        a valid correct answer scores exactly 1, whatever it cost), and `normalizer` when given (a
+        reward scored outside a launch has no calibration file: "sliding"); returns the file written."""
         raw = yaml.safe_load((repo_root / "params.yaml").read_text(encoding="utf-8"))
         raw["rewards"]["alpha"] = alpha
+        if normalizer is not None:
+            raw["rewards"]["normalizer"] = normalizer
         raw["train_router"]["verl"].update(verl)
         path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
         return path

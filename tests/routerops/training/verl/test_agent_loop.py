@@ -168,3 +168,7 @@ def test_agent_loop_runs_in_verls_worker_with_verls_reward_worker(resolved_confi
     (step,) = summarize_training_costs(small_run.out_dir.parent / "ckpt" / COST_LOG_FILE).for_split("train")
     assert (step.step, step.trajectories, step.calls_per_model) == (STEP, 3, {Q: 2})
     assert step.cost_usd_total == pytest.approx(sum(costs))
+    # every call was charged to the run's one ledger (the dry run named it in agent_loop.yaml),
+    # which every agent-loop worker process of the run shares and a resumed run reads back
+    ledger = json.loads((small_run.out_dir.parent / "ckpt" / "run_budget.json").read_text())
+    assert ledger["calls"] == 2 and ledger["spent_usd"] == pytest.approx(sum(costs)), ledger

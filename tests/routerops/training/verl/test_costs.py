@@ -18,7 +18,7 @@ def test_cost_log_and_per_step_summary(tmp_path: Path, write_params: Callable[..
     Q, VALID, _call = candidate_name, valid_response, route_call
     log = tmp_path / "costs.jsonl"
     reset_reward_state()
-    kw = {"params_path": str(write_params(tmp_path / "p.yaml")), "cost_log_path": str(log)}
+    kw = {"params_path": str(write_params(tmp_path / "p.yaml", normalizer="sliding")), "cost_log_path": str(log)}
     for step, tokens, text in [(1, 100, VALID), (1, 300, "<answer>Paris</answer>"), (2, 200, VALID)]:
         extra = {"split": "train", "global_step": step, "route_calls": json.dumps([_call(Q, tokens), _call("x", 0, False)])}
         compute_score("nq", text, ["Paris"], extra, **kw)

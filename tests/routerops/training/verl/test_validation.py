@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from routerops.config import Params, load_params
+from routerops.cost_calibration import read_calibration
 from routerops.training.verl.agent_loop import AGENT_LOOP_FILE
 from routerops.training.verl.launch import dry_run
 from routerops.training.verl.validation import VerlConfigError
@@ -21,7 +22,8 @@ def test_generated_overrides_compose_and_pass_verls_validation(tmp_path: Path, a
                                                                 write_params: Callable[..., Path],
                                                                 dataset: Path) -> None:
     params = load_params(write_params(tmp_path / "p.yaml", algorithm=algorithm))
-    run = dry_run(params, out_dir=tmp_path / "out", params_path=tmp_path / "p.yaml", dataset_dir=dataset)
+    run = dry_run(params, out_dir=tmp_path / "out", params_path=tmp_path / "p.yaml", dataset_dir=dataset,
+                  checkpoint_dir=tmp_path / "ckpt")
     assert run.ok, run.error
     cfg = run.config
     v = params.train_router.verl
@@ -35,7 +37,12 @@ def test_generated_overrides_compose_and_pass_verls_validation(tmp_path: Path, a
     assert f"critic={algorithm == 'ppo'}" in " ".join(run.checked)
     entries = yaml.safe_load((tmp_path / "out" / AGENT_LOOP_FILE).read_text())
     assert entries == [{"name": "router_agent", "_target_": "routerops.training.verl.agent_loop.RouterAgentLoop",
-                        "params_path": str((tmp_path / "p.yaml").resolve()), "pool_path": str((repo_root / "pool.yaml").resolve())}]
+                        "params_path": str((tmp_path / "p.yaml").resolve()), "pool_path": str((repo_root / "pool.yaml").resolve()),
+                        "ledger_path": str((tmp_path / "ckpt" / "run_budget.json").resolve())}]
+    # The cost bounds every reward worker reads, calibrated on the training split before launch.
+    bounds = cfg.reward.custom_reward_function.reward_kwargs.cost_bounds_path
+    assert bounds == str((tmp_path / "out" / "cost_bounds.json").resolve())
+    assert read_calibration(bounds).questions == 2
 
 
 BAD_CASES = [
