@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from routerops.config import Params, load_params
 from routerops.training.verl.agent_loop import AGENT_LOOP_FILE
@@ -30,12 +31,22 @@ def test_launch_and_export_commands(tmp_path: Path, repo_root: Path, with_verl: 
     params = with_verl(load_params(REPO / "params.yaml"), ray_address=None)
     cmd = launch_command(params, ["a=1"])
     assert cmd == ["python", "-m", "verl.trainer.main_ppo", "a=1"]
+    # A cluster job: the repository travels as working_dir, params and pool named relative to it;
+    # the data by the md5s dvc.lock and data.dvc record, fetched from the DVC remote in the job,
+    # which runs the dry run again there (routerops.training.cluster). No path of this machine.
     cluster = launch_command(with_verl(params, ray_address="http://head:8265"), ["a=1"])
     assert cluster[:5] == ["ray", "job", "submit", "--address", "http://head:8265"]
-    assert cluster[cluster.index("--") + 1:] == cmd
+    job = cluster[cluster.index("--") + 1:]
+    assert job[:4] == ["python", "-m", "routerops.training.cluster", "verl"] and "a=1" not in job
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())
+    dataset = next(o["md5"] for o in lock["stages"]["build_dataset"]["outs"] if o["path"] == "artifacts/dataset")
+    data = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]["md5"]
+    assert job[job.index("--remote") + 1] == "s3://routerops/dvc"
+    assert [job[i + 1] for i, a in enumerate(job) if a == "--input"] == [f"artifacts/dataset={dataset}", f"data={data}"]
     env = json.loads(cluster[cluster.index("--runtime-env-json") + 1])
     assert env["working_dir"] == str(REPO) and env["env_vars"]["WANDB_MODE"] == "disabled"
-    assert env["env_vars"][PARAMS_ENV] == str((REPO / "params.yaml").resolve())
+    assert env["env_vars"][PARAMS_ENV] == "params.yaml" and "/.dvc/config.local" in env["excludes"]
+    assert not any(str(REPO) in v for v in env["env_vars"].values())
 
     with pytest.raises(FileNotFoundError):
         export_command(tmp_path, None, tmp_path / "hf")
@@ -67,13 +78,14 @@ def test_dry_run_report_prints_the_command_and_lists_files(tmp_path: Path, write
 
 
 @pytest.mark.slow
-def test_dry_run_report_for_a_ray_cluster(tmp_path: Path, write_params: Callable[..., Path], dataset: Path) -> None:
+def test_dry_run_report_for_a_ray_cluster(tmp_path: Path, write_params: Callable[..., Path], dataset: Path,
+                                          repo_root: Path) -> None:
+    # A params file outside the repository cannot travel with the job: said before anything runs.
     params_file = write_params(tmp_path / "p.yaml", ray_address="http://ray-head:8265")
     code, text = dry_run_report(params_file, tmp_path / "out", dataset_dir=dataset)
-    assert code == 0, text
-    assert "ray job submit --address http://ray-head:8265 --runtime-env-json " in text
-    assert " -- python -m verl.trainer.main_ppo " in text
-    assert "shared by all nodes" in text  # relative checkpoint_dir on a cluster is flagged
+    assert code == 2
+    assert text == (f"dry run failed: params file {params_file} is outside the repository ({repo_root}): it would not "
+                    "travel with the job; copy it into the repository (it is shipped as the job's working_dir)\n")
 
 
 @pytest.mark.slow
