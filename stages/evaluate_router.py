@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from routerops.behaviour import router_behaviour
 from routerops.candidates.budget import RequestBudget, RunBudget
 from routerops.candidates.replay import QualityMatrix, ReplayStats
 from routerops.candidates.types import CallContext, CallTask, CandidateBackend, CandidateReply, QuestionInfo
@@ -229,6 +230,8 @@ def metrics_json(out: Outputs) -> dict[str, Any]:
                                       "usd_ci": list(d.usd_ci), "confidence": d.confidence}
                          for d in out.differences},
         "verdict": None if out.verdict is None else out.verdict.as_dict(),
+        # copy fidelity and multi-round routing of the router's test episodes (routerops.behaviour)
+        "router_behaviour": router_behaviour(out.records).as_dict(),
         # the held-out matrix slice: apart, never in the averages above
         "matrix_slice": None if not out.slice_metrics else {
             "average": {m.system: _metric_values(m) for m in out.slice_metrics if m.data_source == "average"},
