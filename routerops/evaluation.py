@@ -163,6 +163,9 @@ class EvalRecord:
     calls: tuple[Call, ...] = ()
     latency_s: float = 0.0
     response: str = ""
+    # Router turns whose token ids were re-encoded from a completions server's text because it
+    # returned none (`Generation.reencoded`): such an episode may differ from the router's own.
+    reencoded_turns: int = 0
 
     # EM and F1 count only a format-valid response, as the reward does (an invalid one scores
     # -1 there): what a user relying on the protocol gets. Router-R1's reported EM reads the last
@@ -200,7 +203,9 @@ class EvalRecord:
         calls = tuple(Call.from_row(c) for c in row.get("calls") or [])
         fields = {k: row[k] for k in ("system", "question_id", "data_source", "question", "answer",
                                       "format_valid", "latency_s", "response")}
-        return cls(**fields, golden_answers=tuple(row["golden_answers"]), calls=calls)
+        # Records written before the field existed had no re-encoded turns to count.
+        return cls(**fields, golden_answers=tuple(row["golden_answers"]), calls=calls,
+                   reencoded_turns=int(row.get("reencoded_turns") or 0))
 
 
 @dataclass(frozen=True)

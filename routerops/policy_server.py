@@ -1,11 +1,16 @@
 """The router served behind an OpenAI-compatible completions endpoint (the gpu profile's policy).
 
 A router exported by verl is a HuggingFace directory; on GPUs it is served with vLLM (`vllm serve
-artifacts/router`) or SGLang, and the evaluation talks to it over `/v1/completions`. Prompts go
+artifacts/router --dtype float32`: vLLM's default dtype downcasts a float32 router to bfloat16) or
+SGLang, and the evaluation talks to it over `/v1/completions`. Prompts go
 as token ids (the OpenAI API accepts a list of ints), so the server sees exactly the context the
-rollout built; the reply text is encoded back with the router's own tokenizer. Stop strings are
-kept in the output (`include_stop_str_in_output`, a vLLM and SGLang extension; `stop_reason` is
-the fallback) because the rollout parses `</search>` and `</answer>`.
+rollout built, and the reply comes back as the ids the server generated (`return_token_ids`, a
+vLLM extension: `choices[0].token_ids`). Only a server without it gets its text encoded back with
+the router's own tokenizer, which byte-level BPE does not round-trip (the encoding can merge
+tokens the policy emitted apart); such turns are marked `Generation.reencoded`, counted on the
+trajectory and in the evaluation record. Stop strings are kept in the output
+(`include_stop_str_in_output`, a vLLM and SGLang extension; `stop_reason` is the fallback)
+because the rollout parses `</search>` and `</answer>`.
 
 Retries: connection errors, timeouts, 429 and 5xx, bounded, exponential backoff with full
 jitter; this is the only retry layer on this path. Other errors raise `PolicyServerError`.
@@ -14,10 +19,11 @@ jitter; this is the only retry layer on this path. Other errors raise `PolicySer
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -27,6 +33,10 @@ from routerops.tokens import Tokenizer
 __all__ = ["CompletionsPolicy", "PolicyServerConfig", "PolicyServerError"]
 
 _RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
+# How much of a malformed value an error message quotes: enough to see what the server sent.
+_QUOTE_CHARS = 200
+
+_log = logging.getLogger(__name__)
 
 
 class PolicyServerError(RuntimeError):
@@ -74,6 +84,7 @@ class CompletionsPolicy:
         self._rng = random.Random(config.seed)
         self._calls = 0
         self.attempts = 0  # HTTP requests sent, retries included
+        self.reencoded = 0  # replies without token ids, whose text was encoded back (see the module doc)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -85,7 +96,7 @@ class CompletionsPolicy:
         self._calls += 1
         body: dict[str, Any] = {
             "model": c.model, "prompt": list(prompt_ids), "max_tokens": max_new_tokens, "stop": list(stop),
-            "include_stop_str_in_output": True, "seed": c.seed + self._calls,
+            "include_stop_str_in_output": True, "return_token_ids": True, "seed": c.seed + self._calls,
             "temperature": 0.0 if c.greedy else c.temperature, "top_p": 1.0 if c.greedy else c.top_p,
         }
         choice = await self._post(body)
@@ -96,12 +107,27 @@ class CompletionsPolicy:
         stop_reason = choice.get("stop_reason")
         if reason == "stop" and isinstance(stop_reason, str) and not text.endswith(stop_reason):
             text += stop_reason  # server without include_stop_str_in_output
+        finish: Literal["stop", "length", "eos"]
+        finish = "stop" if any(s in text for s in stop) else ("length" if reason == "length" else "eos")
+        server_ids = choice.get("token_ids")
+        if server_ids is not None:
+            return Generation(self._token_ids(server_ids), None, finish)
+        if self.reencoded == 0:
+            _log.warning("%s/completions returns no token ids (vLLM's return_token_ids); re-encoding its text, "
+                         "which can differ from the tokens the router generated", c.base_url)
+        self.reencoded += 1
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) > max_new_tokens:  # the server's tokens and ours can differ at the margin
             ids, finish = ids[:max_new_tokens], "length"
-        else:
-            finish = "stop" if any(s in text for s in stop) else ("length" if reason == "length" else "eos")
-        return Generation(ids, None, finish)  # type: ignore[arg-type]
+        return Generation(ids, None, finish, reencoded=True)
+
+    def _token_ids(self, value: object) -> list[int]:
+        # bool is an int subclass: `true` is a broken server, not token 1.
+        if not isinstance(value, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
+            raise PolicyServerError(f"{self.config.base_url}/completions: choices[0].token_ids is not a list of "
+                                    f"token ids: {repr(value)[:_QUOTE_CHARS]}")
+        return value
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         c = self.config
@@ -119,9 +145,9 @@ class CompletionsPolicy:
                         payload = resp.json()
                         return dict(payload["choices"][0])
                     except (ValueError, KeyError, IndexError, TypeError):
-                        raise PolicyServerError(f"{url}: malformed reply: {resp.text[:200]!r}") from None
+                        raise PolicyServerError(f"{url}: malformed reply: {resp.text[:_QUOTE_CHARS]!r}") from None
                 if resp.status_code not in _RETRYABLE:
-                    raise PolicyServerError(f"{url}: HTTP {resp.status_code}: {resp.text[:200]}")
+                    raise PolicyServerError(f"{url}: HTTP {resp.status_code}: {resp.text[:_QUOTE_CHARS]}")
                 last = f"HTTP {resp.status_code}"
             if attempt < c.max_attempts:
                 cap = min(c.backoff_max_s, c.backoff_base_s * 2 ** (attempt - 1))

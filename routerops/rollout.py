@@ -88,6 +88,11 @@ class Generation:
     token_ids: list[int]
     logprobs: list[float] | None = None
     finish_reason: Literal["stop", "length", "eos"] = "stop"
+    # True when the ids are our tokenizer's encoding of a server's text rather than the ids the
+    # policy generated (a completions server that returns no token ids). Byte-level BPE text does
+    # not round-trip: the encoding can merge what the policy emitted as separate tokens, so such a
+    # turn may be shorter than, and continue differently from, the policy's own.
+    reencoded: bool = False
 
 
 class TokenGenerator(Protocol):
@@ -140,6 +145,7 @@ class Trajectory:
     actions: list[str] = field(default_factory=list)
     turns: int = 0
     stop_reason: StopReason | None = None  # set when the episode ends
+    reencoded_turns: int = 0  # policy turns whose ids were re-encoded from text (`Generation.reencoded`)
 
     @property
     def answer(self) -> str | None:
@@ -228,6 +234,7 @@ async def run_episode(
         ids = ids[:cut]
         lps = list(gen.logprobs)[:cut] if gen.logprobs is not None else None
         traj.turns = turn + 1
+        traj.reencoded_turns += gen.reencoded
         text = decode_text(tokenizer, ids)
         traj._append(ids, 1, lps, text)
         action = parse_turn(text, pool, limits.rules) if ids else NoAction()

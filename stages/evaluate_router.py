@@ -135,7 +135,7 @@ async def _router_records(questions: Sequence[QuestionInfo], params: Params, poo
             bar.update(1)
         return EvalRecord("router", q.id, q.data_source, q.text, q.golden_answers, t.answer,
                           check_format(t.segments, pool, limits.rules).valid, tuple(Call.of_record(c) for c in t.calls),
-                          time.perf_counter() - start, t.response_text)
+                          time.perf_counter() - start, t.response_text, t.reencoded_turns)
 
     try:
         return list(await asyncio.gather(*(one(q) for q in questions)))

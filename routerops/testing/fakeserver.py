@@ -147,7 +147,10 @@ class FakeOpenAIServer:
     meaning a normal reply; when `on_request` is given it decides instead, per request. With
     `hold` (a threading.Event) every request waits, without blocking the server, until the event
     is set: a test keeps requests in flight for exactly as long as it needs, whatever the speed.
-    Counters and the request log are safe to read from any thread.
+    Counters and the request log are safe to read from any thread. With `tokenize` (the
+    server's tokenizer: text to token ids) a text completion asked for `return_token_ids` (vLLM's
+    extension) carries `choices[0].token_ids`, the tokenize of its text; without it the server is
+    one that lacks the extension and ignores the flag.
     """
 
     def __init__(
@@ -161,6 +164,7 @@ class FakeOpenAIServer:
         shutdown_timeout_s: float = 5.0,
         log_requests: bool = True,
         hold: threading.Event | None = None,
+        tokenize: Callable[[str], list[int]] | None = None,
     ) -> None:
         if latency_s < 0:
             raise ValueError(f"latency_s must be >= 0, got {latency_s}")
@@ -168,6 +172,7 @@ class FakeOpenAIServer:
         self.hold = hold
         self.on_request = on_request
         self.reply = reply
+        self.tokenize = tokenize
         self._requested_port = port
         self._shutdown_timeout_s = shutdown_timeout_s
         # A long benchmark would otherwise keep every prompt in memory.
@@ -445,7 +450,8 @@ class FakeOpenAIServer:
 
     def _text_completion(self, info: RequestInfo, *, with_usage: bool) -> dict[str, Any]:
         """/v1/completions the way vLLM answers it: the reply is cut at the first stop string,
-        which is kept only with `include_stop_str_in_output` and named in `stop_reason`."""
+        which is kept only with `include_stop_str_in_output` and named in `stop_reason`; with
+        `return_token_ids` and a `tokenize`, the choice carries the ids of its text."""
         text = self.reply(info)
         finish, stop_reason = "length", None
         cuts = [(text.find(s), s) for s in info.body.get("stop") or [] if isinstance(s, str) and s in text]
@@ -464,6 +470,8 @@ class FakeOpenAIServer:
             "model": info.model,
             "choices": [{"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason}],
         }
+        if self.tokenize is not None and info.body.get("return_token_ids") is True:
+            out["choices"][0]["token_ids"] = list(self.tokenize(text))
         if with_usage:
             out["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
                             "total_tokens": prompt_tokens + len(words)}

