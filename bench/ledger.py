@@ -27,7 +27,7 @@ CHARGER = """
 import sys, time
 sys.path.insert(0, sys.argv[3])
 from routerops.candidates.budget import SharedRunBudget
-ledger = SharedRunBudget(None, sys.argv[1])
+ledger = SharedRunBudget(1e9, sys.argv[1])  # a limit, so check() reads the file as a run's does
 t0 = time.perf_counter()
 for _ in range(int(sys.argv[2])):
     ledger.check()
@@ -56,13 +56,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.calls < 1 or args.processes < 1:
         ap.error("--calls and --processes must be >= 1")
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
-        rows = [("RunBudget (memory), 1 process", *per_call_us(RunBudget(None), args.calls))]
+        # A finite limit: with none, check() returns without reading the ledger.
+        rows = [("RunBudget (memory), 1 process", *per_call_us(RunBudget(1e9), args.calls))]
         rows.append(("SharedRunBudget (file), 1 process",
-                     *per_call_us(SharedRunBudget(None, Path(d) / "one.json"), args.calls)))
+                     *per_call_us(SharedRunBudget(1e9, Path(d) / "one.json"), args.calls)))
         path = Path(d) / "many.json"
         procs = [subprocess.Popen([sys.executable, "-c", CHARGER, str(path), str(args.calls), str(REPO_ROOT)],
                                   stdout=subprocess.PIPE, text=True) for _ in range(args.processes)]
-        seconds = [float(p.communicate(timeout=600)[0]) for p in procs]
+        try:
+            outs = [p.communicate(timeout=600) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        if any(p.returncode for p in procs):
+            print("a charging process failed", file=sys.stderr)
+            return 1
+        seconds = [float(out) for out, _ in outs]
         total = SharedRunBudget(None, path).calls
     print(f"{'budget':<44} {'median us':>10} {'p95 us':>10}")
     for name, median, p95 in rows:

@@ -4,8 +4,9 @@ the evaluation's router records (issue 14's figures; `metrics/evaluation.json` -
 - **Copy fidelity**: of the episodes where some reply states a gold alias (`contains_gold` on an
   information block), the share whose answer is exactly right (format-valid EM). Below 1 means
   the router had the answer in front of it and did not write it.
-- **Multi-round**: of the episodes whose first reply declined (no answer stated,
-  `policy.extract_reply_answer`), the share that asked again, the share whose second call went to
+- **Multi-round**: of the episodes whose first call was answered and the reply declined (no
+  answer stated, `policy.extract_reply_answer`; a failed or refused call is counted apart, as
+  `first_failed`), the share that asked again, the share whose second call went to
   a different model, and their EM (what the first model gave them is no answer, EM 0). Re-asks of
   a model already asked in the same episode are counted over all episodes.
 
@@ -42,7 +43,8 @@ class RouterBehaviour:
     with_calls: int  # episodes with at least one call
     gold_in_reply: int  # episodes where some reply states a gold alias
     copy_fidelity: float | None  # EM share of those
-    first_declined: int  # episodes whose first reply states no answer
+    first_failed: int  # episodes whose first call failed (refused, unknown model, HTTP error)
+    first_declined: int  # episodes whose first call was answered with no answer stated
     asked_again: float | None  # share of those with a second call
     asked_other_model: float | None  # share of those whose second call went to another model
     em_after_decline: float | None  # EM over the first-declined episodes (the first model gave 0)
@@ -58,10 +60,14 @@ def router_behaviour(records: Iterable[EvalRecord]) -> RouterBehaviour:
     """Copy fidelity and multi-round figures over the `router` records among `records`."""
     recs = [r for r in records if r.system == "router"]
     gold = [r for r in recs if any(contains_gold(b, r.golden_answers) for b in information_blocks(r.response))]
-    declined = []
+    declined, failed = [], 0
     for r in recs:
         blocks = information_blocks(r.response)
-        if blocks and extract_reply_answer(blocks[0]) is None:
+        if not r.calls or not blocks:
+            continue
+        if not r.calls[0].ok:
+            failed += 1
+        elif extract_reply_answer(blocks[0]) is None:
             declined.append(r)
     again = [r for r in declined if len(r.calls) >= 2]
     other = [r for r in again if r.calls[1].model != r.calls[0].model]
@@ -70,7 +76,7 @@ def router_behaviour(records: Iterable[EvalRecord]) -> RouterBehaviour:
     return RouterBehaviour(
         episodes=n, with_calls=sum(1 for r in recs if r.calls), gold_in_reply=len(gold),
         copy_fidelity=_share(sum(int(r.em) for r in gold), len(gold)),
-        first_declined=len(declined), asked_again=_share(len(again), len(declined)),
+        first_failed=failed, first_declined=len(declined), asked_again=_share(len(again), len(declined)),
         asked_other_model=_share(len(other), len(declined)),
         em_after_decline=_share(sum(int(r.em) for r in declined), len(declined)),
         multi_call=_share(sum(1 for r in recs if len(r.calls) >= 2), n),

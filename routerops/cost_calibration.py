@@ -52,6 +52,17 @@ class CostCalibration:
     mean_call_usd: Mapping[str, float] = field(default_factory=dict)  # per candidate, for the record
     include_prompt_cost: bool = False
     method: str = METHOD
+    pool_snapshot: str = ""  # the pool (prices included) the bounds were calibrated under
+
+    def matches(self, pool: Pool, questions: int, include_prompt_cost: bool) -> str | None:
+        """Why these bounds are not this run's (another pool, question set size or cost rule), or None."""
+        if self.pool_snapshot != pool.snapshot_id:
+            return f"calibrated under pool snapshot {self.pool_snapshot or '(none)'}, the run's is {pool.snapshot_id}"
+        if self.questions != questions:
+            return f"calibrated on {self.questions} questions, the run trains on {questions}"
+        if self.include_prompt_cost != include_prompt_cost:
+            return f"calibrated with include_prompt_cost={self.include_prompt_cost}, the run has {include_prompt_cost}"
+        return None
 
     def normalizer(self) -> FrozenBoundsNormalizer:
         return FrozenBoundsNormalizer(self.p5, self.p95)
@@ -59,7 +70,8 @@ class CostCalibration:
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "p5_sqrt_usd": self.p5, "p95_sqrt_usd": self.p95, "questions": self.questions,
                 "reference_costs": self.reference_costs, "mean_call_usd": dict(sorted(self.mean_call_usd.items())),
-                "include_prompt_cost": self.include_prompt_cost, "method": self.method}
+                "include_prompt_cost": self.include_prompt_cost, "method": self.method,
+                "pool_snapshot": self.pool_snapshot}
 
     @classmethod
     def from_json(cls, raw: Any, where: str = "calibration") -> CostCalibration:
@@ -71,7 +83,8 @@ class CostCalibration:
             p5, p95 = float(raw["p5_sqrt_usd"]), float(raw["p95_sqrt_usd"])
             out = cls(p5, p95, int(raw["questions"]), int(raw["reference_costs"]),
                       {str(k): float(v) for k, v in dict(raw.get("mean_call_usd", {})).items()},
-                      bool(raw.get("include_prompt_cost", False)), str(raw.get("method", METHOD)))
+                      bool(raw.get("include_prompt_cost", False)), str(raw.get("method", METHOD)),
+                      str(raw.get("pool_snapshot", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"{where}: malformed ({exc!r})") from exc
         if not (math.isfinite(p5) and math.isfinite(p95) and 0.0 <= p5 <= p95):
@@ -100,7 +113,7 @@ def calibrate_costs(pool: Pool, questions: Sequence[QuestionInfo],
         sqrt_costs += [math.sqrt(max(u, 0.0)) for u in usd]
     arr = np.asarray(sqrt_costs)
     return CostCalibration(float(np.percentile(arr, 5)), float(np.percentile(arr, 95)), len(questions),
-                           len(sqrt_costs), mean, include_prompt_cost)
+                           len(sqrt_costs), mean, include_prompt_cost, pool_snapshot=pool.snapshot_id)
 
 
 def training_calibration(params: Params, pool: Pool, questions: Sequence[QuestionInfo]) -> CostCalibration:

@@ -105,13 +105,20 @@ class CompletionsPolicy:
             raise PolicyServerError(f"{c.base_url}/completions: reply has no choices[0].text")
         reason = choice.get("finish_reason")
         stop_reason = choice.get("stop_reason")
+        patched = False
         if reason == "stop" and isinstance(stop_reason, str) and not text.endswith(stop_reason):
             text += stop_reason  # server without include_stop_str_in_output
+            patched = True
         finish: Literal["stop", "length", "eos"]
         finish = "stop" if any(s in text for s in stop) else ("length" if reason == "length" else "eos")
         server_ids = choice.get("token_ids")
-        if server_ids is not None:
-            return Generation(self._token_ids(server_ids), None, finish)
+        # The server's ids, unless the text had to be completed with its stop string: then the
+        # ids lack it and only the re-encoded text holds the closing tag the turn parses on.
+        if server_ids is not None and not patched:
+            ids = self._token_ids(server_ids)
+            if len(ids) > max_new_tokens:  # a server that ignored max_tokens
+                ids, finish = ids[:max_new_tokens], "length"
+            return Generation(ids, None, finish)
         if self.reencoded == 0:
             _log.warning("%s/completions returns no token ids (vLLM's return_token_ids); re-encoding its text, "
                          "which can differ from the tokens the router generated", c.base_url)

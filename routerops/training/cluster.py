@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -50,6 +51,7 @@ RAY_EXCLUDES = ("/.venv", "/.venv-*", "/.git", "/artifacts", "/checkpoints", "/d
                 "/.routerops", "/.dvc/cache", "/.dvc/tmp", "/.dvc/config.local", "__pycache__", "*.parquet",
                 "*.safetensors", "*.pt")
 RESULT_FILE = "result.json"
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class JobError(ValueError):
@@ -126,15 +128,17 @@ def open_store(remote_url: str) -> JobStore:
 
 
 def materialise(store: DvcS3Remote, item: JobInput, root: Path) -> int:
-    """Download `item` into `root / item.path`, every md5 checked; the number of files. A folder
-    that is already there with the same listing is kept (a retried job downloads nothing)."""
+    """Download `item` into `root / item.path`, every md5 checked; the number of files. A file
+    already there with the listed md5 is kept (a retried job downloads only what it lacks)."""
     target = root / item.path
     if not item.md5.endswith(".dir"):
         data = store.get(item.md5)
         if md5_hex(data) != item.md5:
             raise JobError(f"{store.url(item.md5)}: content has md5 {md5_hex(data)}, expected {item.md5}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
         return 1
     listing = store.get(item.md5)
     if md5_hex(listing) + ".dir" != item.md5:
@@ -249,9 +253,18 @@ def _verl_piece(root: Path, scratch: Path, dry: bool) -> tuple[dict[str, Any], l
     from routerops.training.verl.runtime import resolve_params_path
 
     params_path = resolve_params_path().resolve()
-    params = load_params(params_path)
-    # An absolute checkpoint_dir is storage every node shares (docs/verl.md); else the job's folder.
-    configured = Path(params.train_router.checkpoint_dir)
+    loaded = load_params(params_path)
+    tr = loaded.train_router
+    # The job is the cluster run: its launch is verl on this head, never another submission
+    # (params still name the ray_address that sent the job here).
+    params = loaded.model_copy(update={"train_router": tr.model_copy(update={
+        "verl": tr.verl.model_copy(update={"ray_address": None})})})
+    # verl's workers read the replay data the job staged (overrides forward the variable into
+    # ray_init's runtime env), not a ../shared/data beside Ray's copy of the code.
+    os.environ["ROUTEROPS_SHARED_DATA"] = str((root / "data").resolve())
+    # An absolute checkpoint_dir is storage every node shares (docs/verl.md); a relative one is
+    # the job's folder on the head: one node only, and said so in the result.
+    configured = Path(tr.checkpoint_dir)
     ckpt = configured if configured.is_absolute() else scratch / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     run = launch.dry_run(params, out_dir=scratch / "verl", params_path=params_path,
@@ -260,7 +273,11 @@ def _verl_piece(root: Path, scratch: Path, dry: bool) -> tuple[dict[str, Any], l
     # What the run reads must exist now; what it writes (under the checkpoint folder) later.
     result: dict[str, Any] = {"command": list(run.command), "checked": list(run.checked),
                               "paths": {p: Path(p).exists() for p in local if not Path(p).is_relative_to(ckpt)},
-                              "outputs": [p for p in local if Path(p).is_relative_to(ckpt)]}
+                              "outputs": [p for p in local if Path(p).is_relative_to(ckpt)],
+                              "warnings": [] if configured.is_absolute() else [
+                                  f"train_router.checkpoint_dir is relative: checkpoints, ledger and cost bounds are "
+                                  f"in {ckpt} on this node only; set an absolute path on shared storage for a "
+                                  "multi-node run"]}
     if not dry:
         result["returncode"] = subprocess.run(list(run.command), cwd=Path.cwd()).returncode
     return result, list(run.files)
@@ -279,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.questions < 1:
             raise JobError("--questions must be >= 1")
+        if not _JOB_ID.fullmatch(args.job_id):
+            raise JobError(f"--job-id {args.job_id!r}: letters, digits, '.', '_' and '-' only (it names a folder "
+                           "and an S3 prefix)")
         inputs = [JobInput.parse(t) for t in args.input]
         store = open_store(args.remote)
         scratch = (args.scratch or Path.cwd() / ".routerops" / "jobs" / args.job_id).resolve()

@@ -19,9 +19,13 @@
 
 Checkpoints (every `checkpoint_every` steps) hold model, optimiser, RNG states, step, and the
 cost normaliser state; they are written atomically, and a killed run resumes from the newest
-complete one and continues exactly as if it had never stopped. The run budget's ledger
-(`run_budget.json`) and, with `rewards.normalizer: calibrated`, the cost bounds calibrated before
-training (`cost_bounds.json`) sit in the same folder: a resumed run keeps both.
+complete one and continues exactly as if it had never stopped, but for the budget: the run
+budget's ledger (`run_budget.json`) sits in the same folder and keeps what the killed process
+spent after its last checkpoint, so the steps re-run after a resume are paid twice (with a
+binding `candidates.run_budget_usd` a resumed run can be refused calls an uninterrupted one was
+not). With `rewards.normalizer: calibrated` the cost bounds calibrated before training
+(`cost_bounds.json`) sit there too, are read back on resume, and are refused if they belong to
+another pool, question set or cost rule.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from routerops.candidates.types import QuestionInfo
 from routerops.config import Params
 from routerops.cost_calibration import (
     CALIBRATION_FILE,
+    CalibrationError,
     CostCalibration,
     read_calibration,
     training_calibration,
@@ -153,7 +158,12 @@ class LocalTrainer:
         questions and written beside the checkpoints before the first step."""
         path = self.ckpt_dir / CALIBRATION_FILE
         if path.is_file():
-            return read_calibration(path)
+            found = read_calibration(path)
+            why = found.matches(self.pool, len(self.questions), self.params.rewards.include_prompt_cost)
+            if why:
+                raise CalibrationError(f"{path}: not this run's cost bounds ({why}); clear the checkpoint folder "
+                                       "to start the run afresh")
+            return found
         calibration = training_calibration(self.params, self.pool, self.questions)
         write_calibration(path, calibration)
         return calibration

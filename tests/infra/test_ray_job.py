@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from infra.local.s3 import LocalS3
 from routerops.candidates.replay import QualityMatrix
@@ -158,8 +159,16 @@ def test_the_verl_job_writes_a_launch_whose_every_path_is_the_jobs(pushed: tuple
     absolute path in verl's overrides is the job's (its folder or its working directory) and exists."""
     for k, v in local_s3.env().items():
         monkeypatch.setenv(k, v)
+    monkeypatch.delenv("ROUTEROPS_SHARED_DATA", raising=False)
     monkeypatch.chdir(repo_root)
     scratch = tmp_path / "job"
+    # The params that sent the job to a cluster still name its address: the job must launch verl
+    # here, not submit itself again.
+    raw = yaml.safe_load((repo_root / "params.yaml").read_text())
+    raw["train_router"]["verl"]["ray_address"] = "http://127.0.0.1:1"
+    scratch.mkdir()
+    (scratch / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("ROUTEROPS_PARAMS", str(scratch / "params.yaml"))
     code = main(["verl", "--remote", f"s3://{local_s3.bucket}/dvc", *[a for i in pushed for a in ("--input", i.arg())],
                  "--job-id", "verl-1", "--dry-run", "--scratch", str(scratch)])
     assert code == 0
@@ -171,7 +180,18 @@ def test_the_verl_job_writes_a_launch_whose_every_path_is_the_jobs(pushed: tuple
     assert any(p.endswith("inputs/artifacts/dataset/rl/train.parquet") for p in result["paths"])
     overrides = store.read(store.job_key("verl-1", "overrides.txt")).decode()
     assert f"reward_kwargs.cost_bounds_path={scratch.resolve() / 'verl' / 'cost_bounds.json'}" in overrides
+    assert result["command"][:3] == ["python", "-m", "verl.trainer.main_ppo"]
+    # verl's workers read the replay data the job staged, through ray_init's runtime env
+    data = scratch.resolve() / "inputs" / "data"
+    assert f"+ray_kwargs.ray_init.runtime_env.env_vars.ROUTEROPS_SHARED_DATA={data}" in overrides.split()
+    assert any("checkpoint_dir is relative" in w for w in result["warnings"])
     assert "returncode" not in result  # --dry-run: verl was not started
+
+
+def test_a_job_id_that_is_not_one_folder_name_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rollout", "--remote", "s3://b/p", "--job-id", "../x"]) == 2
+    assert capsys.readouterr().err == ("routerops.training.cluster: --job-id '../x': letters, digits, '.', '_' and '-' "
+                                       "only (it names a folder and an S3 prefix)\n")
 
 
 def test_a_job_refuses_inputs_whose_objects_do_not_match(local_s3: LocalS3, tmp_path: Path) -> None:

@@ -69,3 +69,12 @@ def test_bounds_from_json_refuse_inverted_bounds() -> None:
         CostCalibration.from_json({"schema": 1, "p5_sqrt_usd": "nan", "p95_sqrt_usd": 1, "questions": 1,
                                    "reference_costs": 2}, "here")
     assert str(info.value) == "here: bounds must be finite with 0 <= p5 <= p95, got nan, 1.0"
+
+
+def test_bounds_say_when_they_are_not_this_runs(repo_root: Path, pool) -> None:
+    cal = training_calibration(load_params(repo_root / "params.yaml"), pool, QUESTIONS)
+    assert cal.pool_snapshot == pool.snapshot_id and cal.matches(pool, 200, False) is None
+    assert cal.matches(pool, 199, False) == "calibrated on 200 questions, the run trains on 199"
+    assert cal.matches(pool, 200, True) == "calibrated with include_prompt_cost=False, the run has True"
+    other = CostCalibration(cal.p5, cal.p95, 200, cal.reference_costs, pool_snapshot="0123")
+    assert other.matches(pool, 200, False) == f"calibrated under pool snapshot 0123, the run's is {pool.snapshot_id}"

@@ -230,11 +230,12 @@ def bpe_policy(url: str, tok) -> CompletionsPolicy:
     return CompletionsPolicy(PolicyServerConfig(base_url=url, model="router", backoff_base_s=0.01), tok)
 
 
-async def generate_once(tok, **server) -> tuple:
+async def generate_once(tok, max_new_tokens: int = 256, **server) -> tuple:
+    # The fake server counts max_tokens in words; 256 leaves every test turn whole.
     with FakeOpenAIServer(**server) as srv:
         gen = bpe_policy(srv.base_url, tok)
         try:
-            out = await gen.generate([1, 2], max_new_tokens=64, stop=["</search>", "</answer>"])
+            out = await gen.generate([1, 2], max_new_tokens=max_new_tokens, stop=["</search>", "</answer>"])
         finally:
             await gen.aclose()
         return out, gen
@@ -250,6 +251,13 @@ def test_the_servers_token_ids_are_kept_even_where_text_does_not_round_trip(bpe)
     out, gen = asyncio.run(generate_once(bpe, reply=lambda r: TURN, tokenize=lambda t: charwise(bpe, t)))
     assert out.token_ids == server_ids and out.finish_reason == "stop"
     assert out.reencoded is False and gen.reencoded == 0
+
+
+def test_token_ids_beyond_max_tokens_are_cut_there(bpe) -> None:
+    # a server that returned more ids than asked for (the fake counts words, not tokens)
+    out, _ = asyncio.run(generate_once(bpe, max_new_tokens=20, reply=lambda r: TURN,
+                                       tokenize=lambda t: charwise(bpe, t)))
+    assert out.token_ids == charwise(bpe, TURN)[:20] and out.finish_reason == "length"
 
 
 def test_served_episode_equals_in_process_token_for_token(bpe, pool) -> None:

@@ -14,6 +14,7 @@ runs the dry run without the CLI.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import sys
@@ -85,7 +86,10 @@ def launch_command(params: Params, overrides: Sequence[str], *, python: str = "p
         raise LaunchInputError(f"a cluster job reads its data from the DVC remote by md5: {exc.filename} is "
                                "missing (run `dvc repro build_dataset` and `dvc push`)") from None
     inputs = job_inputs(lock, data_dvc, params.build_dataset.out_dir)
-    job_id = f"{v.experiment_name}-{inputs[0].md5[:8]}"
+    # One job per (experiment, dataset, params file): a run with other params never shares its
+    # results prefix, nor (with a shared checkpoint_dir) resumes another's checkpoints.
+    params_digest = hashlib.sha256(resolve_params_path(params_path).read_bytes()).hexdigest()[:8]
+    job_id = f"{v.experiment_name}-{inputs[0].md5[:8]}-{params_digest}"
     return submit_command(v.ray_address, "verl", remote_url=read_remote_config(root).url, inputs=inputs,
                           job_id=job_id, params_path=str(resolve_params_path(params_path)),
                           pool_path=str(resolve_pool_path(pool_path)), python=python)
