@@ -76,9 +76,11 @@ class FormatParams(_Section):
     placeholders: tuple[str, ...] = Field(min_length=0)
     forbid_stray_text: bool
     empty_answer_invalid: bool
+    forbid_repeat_search: bool
 
     def rules(self) -> FormatRules:
-        return FormatRules(self.placeholders, self.forbid_stray_text, self.empty_answer_invalid)
+        return FormatRules(self.placeholders, self.forbid_stray_text, self.empty_answer_invalid,
+                           self.forbid_repeat_search)
 
 
 class RolloutParams(_Section):

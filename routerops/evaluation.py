@@ -45,6 +45,7 @@ __all__ = [
     "comparison_baselines",
     "contains_gold",
     "direct_answer",
+    "dominated_beyond_interval",
     "dominates",
     "oracle_choice",
     "paired_difference",
@@ -493,6 +494,14 @@ def dominates(a: SystemMetrics, b: SystemMetrics) -> bool:
     return a.em > b.em and a.usd_per_question <= b.usd_per_question
 
 
+def dominated_beyond_interval(differences: Iterable[PairedDifference], system: str = "router") -> tuple[str, ...]:
+    """Baselines that beat `system` beyond noise: its EM minus theirs has an interval wholly below
+    0, and its cost is not lower beyond the interval (the cost interval's upper end is >= 0, so a
+    cost difference the data cannot resolve counts against `system`)."""
+    return tuple(sorted(d.baseline for d in differences
+                        if d.system == system and d.em_ci[1] < 0 and d.usd_ci[1] >= 0))
+
+
 def comparison_baselines(metrics: Sequence[SystemMetrics]) -> list[str]:
     """The baselines the router is tested against: the fixed ones, kNN, and every single candidate
     on the singles' Pareto front (no other single is at least as accurate and as cheap): those are
@@ -535,9 +544,13 @@ class Verdict:
     oracle_em_gap: float         # oracle minus router: how far routing is from the upper bound
     oracle_usd_gap: float
     dominated_by: tuple[str, ...]  # systems with higher EM at lower or equal cost (point estimates)
+    # baselines whose EM is higher beyond the paired interval while the router is not cheaper
+    # beyond it (`dominated_beyond_interval`); issue 14's bar
+    dominated_beyond_ci: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "dominated_by": list(self.dominated_by)}
+        return {**asdict(self), "dominated_by": list(self.dominated_by),
+                "dominated_beyond_ci": list(self.dominated_beyond_ci)}
 
 
 def verdict(metrics: Sequence[SystemMetrics], differences: Sequence[PairedDifference] = ()) -> Verdict | None:
@@ -553,4 +566,5 @@ def verdict(metrics: Sequence[SystemMetrics], differences: Sequence[PairedDiffer
         em_vs_random_significant=None if vs_random is None else vs_random.em_significant,
         usd_vs_random_significant=None if vs_random is None else vs_random.usd_significant,
         oracle_em_gap=o.em - r.em, oracle_usd_gap=o.usd_per_question - r.usd_per_question,
-        dominated_by=tuple(sorted(s for s, m in avg.items() if s != "router" and dominates(m, r))))
+        dominated_by=tuple(sorted(s for s, m in avg.items() if s != "router" and dominates(m, r))),
+        dominated_beyond_ci=dominated_beyond_interval(differences))

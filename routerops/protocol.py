@@ -62,11 +62,15 @@ class FormatRules:
     `forbid_stray_text`: Router-R1 accepts text between blocks; True makes it -1.
     `empty_answer_invalid`: Router-R1 has no rule for `<answer></answer>` (it is valid and
     wrong); True makes it -1.
+    `forbid_repeat_search`: Router-R1 lets a router ask one model the same sub-question twice;
+    candidates answer at temperature 0 with a fixed seed, so the second call buys the same reply
+    at full price. True makes it -1 (the same model with another sub-question stays valid).
     """
 
     placeholders: tuple[str, ...] = ("llm-name", "your-query", "model-name", "your sub-question")
     forbid_stray_text: bool = False
     empty_answer_invalid: bool = False
+    forbid_repeat_search: bool = False
 
     def __post_init__(self) -> None:
         if any(not p.strip() for p in self.placeholders):
@@ -248,6 +252,7 @@ class ViolationCode(enum.StrEnum):
     SEARCH_PLACEHOLDER = "search_placeholder"
     SEARCH_UNKNOWN_MODEL = "search_unknown_model"
     SEARCH_NAME_IN_QUERY = "search_name_in_query"
+    REPEAT_SEARCH = "repeat_search"
 
 
 _INVALID_TO_VIOLATION = {
@@ -331,6 +336,7 @@ def check_format(response: str | Sequence[Segment], pool: Pool, rules: FormatRul
     thinks = 0
     answers: list[str] = []
     pending_search = False  # a closed search still waiting for its information block
+    asked: set[tuple[str, str]] = set()  # (model, folded sub-question) of the routes so far
     last_answer_end = -1
     # Text after the final answer is reported once as TEXT_AFTER_ANSWER, not as stray text.
     final_close = max((i for i, e in enumerate(events) if e.kind == "close" and e.tag == "answer"), default=len(events))
@@ -382,6 +388,12 @@ def check_format(response: str | Sequence[Segment], pool: Pool, rules: FormatRul
                 # Router-R1: the model's name, as written, inside its own query
                 if parsed.written_name.casefold() in parsed.query.casefold():
                     add(ViolationCode.SEARCH_NAME_IN_QUERY, f"the query names {parsed.written_name!r}")
+                if isinstance(parsed, Route) and rules.forbid_repeat_search:
+                    key = (parsed.model, " ".join(parsed.query.casefold().split()))
+                    if key in asked:
+                        add(ViolationCode.REPEAT_SEARCH,
+                            f"{parsed.model} was already asked {parsed.query.strip()[:40]!r}")
+                    asked.add(key)
             pending_search = True
         elif ev.tag == "answer":
             answers.append(content)

@@ -184,8 +184,11 @@ def _verdict_lines(v: Verdict | None, differences: Sequence[PairedDifference]) -
     vs_random = next((d for d in differences if d.baseline == "random"), None)
     if vs_random is not None:
         line += " " + _significance(vs_random)
-    return [line, f"Distance from the oracle (an upper bound): EM {v.oracle_em_gap:+.3f}, "
-                  f"cost {v.oracle_usd_gap * 1e6:+.1f} micro-USD per question.", ""]
+    beaten = (f"Dominated beyond the paired interval (more accurate, and the router not cheaper beyond it) by: "
+              f"{', '.join(v.dominated_beyond_ci)}." if v.dominated_beyond_ci
+              else "No compared baseline dominates the router beyond the paired interval.")
+    return [line, beaten, f"Distance from the oracle (an upper bound): EM {v.oracle_em_gap:+.3f}, "
+                          f"cost {v.oracle_usd_gap * 1e6:+.1f} micro-USD per question.", ""]
 
 
 def _differences(differences: Sequence[PairedDifference]) -> list[str]:

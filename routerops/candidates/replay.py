@@ -60,7 +60,8 @@ from routerops.candidates.types import (
 )
 from routerops.pool import Candidate
 
-__all__ = ["CORRECT_TEMPLATES", "WRONG_TEMPLATES", "QualityMatrix", "ReplayPool", "ReplayStats", "question_key"]
+__all__ = ["CORRECT_TEMPLATES", "DECLINE_TEMPLATES", "WRONG_TEMPLATES", "QualityMatrix", "ReplayPool", "ReplayStats",
+           "question_key"]
 
 # The matrix's task names for the sources this project uses.
 _TASK_TO_SOURCE = {"natural_qa": "nq", "trivia_qa": "triviaqa"}
@@ -80,7 +81,7 @@ WRONG_TEMPLATES = (
     "I believe it is {a}.",
     "It is most likely {a}.",
 )
-_DECLINES = (
+DECLINE_TEMPLATES = (
     "I am not certain about this and cannot give a reliable answer.",
     "I do not have enough information to answer that.",
 )
@@ -301,7 +302,7 @@ class ReplayPool:
             wrong = bank[int(_unit("wrong", candidate.name, key, self.seed) * len(bank))]
             return f"Answer: {wrong}" if direct else WRONG_TEMPLATES[int(u * 991) % len(WRONG_TEMPLATES)].format(
                 a=wrong)
-        return "Answer: unknown" if direct else _DECLINES[int(u * 983) % len(_DECLINES)]
+        return "Answer: unknown" if direct else DECLINE_TEMPLATES[int(u * 983) % len(DECLINE_TEMPLATES)]
 
     def completion_tokens(self, candidate: Candidate, question: QuestionInfo, query: str) -> int:
         assert candidate.replay is not None

@@ -17,6 +17,7 @@ from routerops.evaluation import (
     comparison_baselines,
     contains_gold,
     direct_answer,
+    dominated_beyond_interval,
     dominates,
     oracle_choice,
     paired_difference,
@@ -240,6 +241,21 @@ def test_verdict_is_data() -> None:
     no_interval = verdict(metrics)
     assert no_interval is not None and no_interval.em_vs_random_significant is None
     assert verdict([m for m in metrics if m.system != "oracle"]) is None  # nothing to judge against
+
+
+@pytest.mark.parametrize(("em_ci", "usd_ci", "dominated"), [
+    ((-0.10, -0.05), (2e-6, 15e-6), True),    # more accurate beyond noise, and cheaper
+    ((-0.10, -0.05), (-3e-6, 4e-6), True),    # more accurate; the cost difference is unresolved
+    ((-0.10, -0.05), (-9e-6, -1e-6), False),  # more accurate, but the router is cheaper beyond noise
+    ((-0.10, 0.00), (2e-6, 15e-6), False),    # the EM interval reaches 0: not beyond noise
+    ((0.01, 0.05), (2e-6, 15e-6), False),     # the router is more accurate
+])
+def test_dominated_beyond_interval(em_ci, usd_ci, dominated: bool) -> None:
+    d = PairedDifference("router", "single:Mixtral", 420, sum(em_ci) / 2, em_ci, sum(usd_ci) / 2, usd_ci, 0.95, 2000)
+    other = PairedDifference("challenger", "random", 420, -0.2, (-0.3, -0.1), 1e-6, (0.0, 2e-6), 0.95, 2000)
+    assert dominated_beyond_interval([d, other]) == (("single:Mixtral",) if dominated else ())
+    assert verdict([avg("router", 0.2, 20), avg("random", 0.1, 40), avg("oracle", 0.8, 30)],
+                   [d]).dominated_beyond_ci == dominated_beyond_interval([d])
 
 
 def test_comparison_baselines_are_the_fixed_ones_and_the_singles_pareto_front() -> None:

@@ -222,6 +222,10 @@ DEVIATION_CASES = [
     # (rules, response, first violation under those rules)
     (FormatRules(forbid_stray_text=True), "<think>t</think> so then <answer>x</answer>", V.STRAY_TEXT),
     (FormatRules(empty_answer_invalid=True), "<think>t</think><answer>  </answer>", V.EMPTY_ANSWER),
+    # the same model, the same sub-question (case and white space folded): the reply is known
+    (FormatRules(forbid_repeat_search=True),
+     f"<think>t</think><search>{Q}: who?</search>{INFO}<think>t</think><search>{Q}:  WHO?</search>{INFO}"
+     "<answer>x</answer>", V.REPEAT_SEARCH),
     (FormatRules(placeholders=("tbd",)), f"<think>t</think><search>{Q}: TBD</search>{INFO}<answer>x</answer>",
      V.SEARCH_PLACEHOLDER),
     # with the default placeholders gone, our prompt's literal name is just an unknown model
@@ -238,7 +242,22 @@ def test_each_deviation_changes_only_its_rule(pool, rules, response: str, expect
 
 def test_the_params_default_is_router_r1(repo_root) -> None:
     assert load_params(repo_root / "params.yaml").rollout.format.rules() == ROUTER_R1 == FormatRules()
+    assert not ROUTER_R1.forbid_repeat_search
     assert ROUTER_R1.placeholders == ("llm-name", "your-query", "model-name", "your sub-question")
+
+
+def test_a_repeated_search_is_one_model_and_one_sub_question(pool) -> None:
+    rules = FormatRules(forbid_repeat_search=True)
+    other = "Mixtral-8x22B-Instruct"
+
+    def episode(*searches: str) -> str:
+        return "".join(f"<think>t</think><search>{s}</search>{INFO}" for s in searches) + "<answer>x</answer>"
+
+    assert check_format(episode(f"{Q}: who?", f"{Q}: when?"), pool, rules).valid  # another sub-question
+    assert check_format(episode(f"{Q}: who?", f"{other}: who?"), pool, rules).valid  # another model
+    assert check_format(episode(f"{Q}: who?", "qwen2.5-7b: who?"), pool, rules).first == V.REPEAT_SEARCH  # an alias
+    repeated = check_format(episode(f"{Q}: who?", f"{other}: who?", f"{Q}: Who? "), pool, rules)
+    assert [(v.code, v.detail) for v in repeated.violations] == [(V.REPEAT_SEARCH, f"{Q} was already asked 'Who?'")]
 
 
 def test_an_empty_placeholder_is_refused() -> None:

@@ -1,0 +1,101 @@
+"""bench/router_quality.py's plan, pool and tables, and bench/router_probes.py's two probes on a tiny
+untrained policy: what they count, not how well a policy scores. Training itself is the stages'."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from routerops.config import load_params
+from routerops.runtime import encode_prompt
+from routerops.training.tiny_policy import build_model, train_tokenizer
+
+
+def _load(repo_root: Path, file: str) -> ModuleType:
+    name = f"routerops_bench_{file.removesuffix('.py')}"
+    spec = importlib.util.spec_from_file_location(name, repo_root / "bench" / file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def rq(repo_root: Path) -> ModuleType:
+    return _load(repo_root, "router_quality.py")
+
+
+@pytest.fixture(scope="module")
+def probes(repo_root: Path) -> ModuleType:
+    return _load(repo_root, "router_probes.py")
+
+
+def test_the_plan_is_the_seeds_then_the_other_alphas_then_the_unseen_model(rq) -> None:
+    plan = rq.configs([3, 1], [0.0, 0.6, 0.9], 0.6, unseen=True)
+    assert [(c.name, c.seed, c.alpha, c.unseen, c.trains) for c in plan] == [
+        ("seed3-alpha0.6", 3, 0.6, False, "seed3-alpha0.6"), ("seed1-alpha0.6", 1, 0.6, False, "seed1-alpha0.6"),
+        ("seed3-alpha0", 3, 0.0, False, "seed3-alpha0"), ("seed3-alpha0.9", 3, 0.9, False, "seed3-alpha0.9"),
+        ("seed3-alpha0.6-unseen", 3, 0.6, True, "seed3-alpha0.6")]
+    assert [c.name for c in rq.configs([0], [], 0.6, unseen=False)] == ["seed0-alpha0.6"]
+
+
+def test_params_for_changes_seed_alpha_and_steps_only(rq, repo_root: Path) -> None:
+    base = load_params(repo_root / "params.yaml")
+    p = rq.params_for(base, rq.Config("x", 5, 0.9), 7)
+    assert (p.train_router.seed, p.rewards.alpha, p.train_router.local.grpo_steps) == (5, 0.9, 7)
+    assert p.train_router.local.model_copy(update={"grpo_steps": base.train_router.local.grpo_steps}) == \
+        base.train_router.local
+    assert rq.params_for(base, rq.Config("x", 0, 0.6), None).train_router.local == base.train_router.local
+
+
+def test_the_unseen_model_is_priced_and_described_but_never_recorded(rq, repo_root: Path, pool) -> None:
+    extended = rq.with_unseen(repo_root / "pool.yaml")
+    assert extended.names == (*pool.names, rq.UNSEEN_NAME)
+    new = extended.get(rq.UNSEEN_NAME)
+    assert new.price.output_usd_per_mtok == 0.18 and "72B" in new.descriptor
+    assert new.replay is not None and new.replay.matrix_model is None  # its replies follow its prior only
+    assert extended.snapshot_id != pool.snapshot_id
+
+
+def _row(name: str, seed: int, alpha: float, em: float, beaten: list[str], unseen: bool = False) -> dict:
+    return {"config": name, "seed": seed, "alpha": alpha, "unseen": unseen, "em": em, "usd_per_question": 20e-6,
+            "calls_per_question": 1.2, "format_valid": 0.97, "call_share": {}, "unseen_share": 0.0 if unseen else None,
+            "dominated_by": beaten, "dominated_beyond_ci": beaten, "copy_fidelity": 0.8, "gold_in_reply": 100,
+            "first_declined": 70, "asked_other_model": 0.1, "em_after_decline": None, "reasked_same_model": 0.15}
+
+
+def test_the_report_gives_mean_and_range_over_seeds_and_who_dominates(rq) -> None:
+    rows = [_row("seed0-alpha0.6", 0, 0.6, 0.20, ["knn"]), _row("seed1-alpha0.6", 1, 0.6, 0.30, []),
+            _row("seed0-alpha0.9", 0, 0.9, 0.10, ["knn", "random"]),
+            _row("seed0-alpha0.6-unseen", 0, 0.6, 0.25, [], unseen=True)]
+    baselines = {"router": {"em": 0.2, "usd_per_question": 1e-6}, "knn": {"em": 0.267, "usd_per_question": 8.7e-6}}
+    text = rq.report(rows, 0.6, baselines, 60, 120.0)
+    assert "| EM | 0.250 (0.200..0.300) |" in text
+    assert "| EM after a decline | - |" in text  # no seed had a decline to measure
+    assert "| seeds dominated beyond the interval | 1 of 2 (knn) |" in text
+    assert "| knn | 0.267 | 8.7 |" in text and "| router |" not in text.split("## Baselines")[1]
+    assert f"## Unseen candidate {rq.UNSEEN_NAME}" in text and "Its call share 0.000" in text
+
+
+def test_the_probes_count_every_sampled_turn_and_every_copy(probes, repo_root: Path, pool) -> None:
+    params = load_params(repo_root / "params.yaml")
+    questions = ["who wrote the novel about rivers?", "when was the bridge opened?"]
+    tok = train_tokenizer([*questions, "Paris", "George VI"], 300)
+    model = build_model(params.train_router.local, len(tok), tok.eos_token_id, 0)
+    model.eval()
+    prompts = [encode_prompt(q, pool, tok, params) for q in questions]
+    table = probes.after_decline(model, tok, prompts, pool, 3)
+    assert list(table) == list(pool.names)
+    for counts in table.values():
+        assert sum(counts.values()) == 6 and set(counts) <= {*pool.names, "answer", "other"}
+    answers = [(questions[0], "Paris"), (questions[1], "George VI")]
+    by_len = probes.copies(model, tok, lambda q: encode_prompt(q, pool, tok, params), answers, list(pool.names),
+                           random.Random(0))
+    assert sorted(by_len) == sorted({len(tok.encode(f" {a}", add_special_tokens=False)) for _, a in answers})
+    assert all(v in (0, 1) for vs in by_len.values() for v in vs) and sum(map(len, by_len.values())) == 2
