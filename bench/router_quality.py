@@ -155,7 +155,7 @@ def _spread(rows: Sequence[Mapping[str, Any]], key: str, scale: float = 1.0) -> 
 
 
 def report(rows: Sequence[Mapping[str, Any]], seeds_alpha: float, baselines: Mapping[str, Any],
-           steps: int, seconds: float) -> str:
+           steps: int, seconds: float, unseen_baselines: Mapping[str, Any] | None = None) -> str:
     cols = ["config", "EM", "micro-USD/q", "calls/q", "fmt", "copy fidelity", "declined first",
             "asked another", "EM after decline", "re-asked same", "dominated beyond CI"]
     lines = [f"# Router quality ({steps} GRPO steps per router; {seconds / 60:.0f} min)", "",
@@ -184,11 +184,12 @@ def report(rows: Sequence[Mapping[str, Any]], seeds_alpha: float, baselines: Map
     unseen = [r for r in rows if r["unseen"]]
     if unseen:
         u = unseen[0]
+        alone = (unseen_baselines or {}).get(f"single:{UNSEEN_NAME}", {}).get("em", float("nan"))
         lines += ["", f"## Unseen candidate {UNSEEN_NAME} (never in training; descriptor and price only)", "",
                   f"Its call share {u['unseen_share']:.3f}; router EM {u['em']:.3f} at "
                   f"{u['usd_per_question'] * 1e6:.1f} micro-USD, against {seeds[0]['em']:.3f} at "
                   f"{seeds[0]['usd_per_question'] * 1e6:.1f} on the pool it was trained with. Single "
-                  f"{UNSEEN_NAME}: EM {baselines.get('single:' + UNSEEN_NAME, {}).get('em', float('nan')):.3f}."]
+                  f"{UNSEEN_NAME}: EM {alone:.3f}."]
     return "\n".join(lines) + "\n"
 
 
@@ -236,6 +237,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     warm: dict[int, Path] = {} if args.warm_start is None else {args.seeds[0]: args.warm_start}
     last: dict[str, Any] = {}
+    unseen_metrics: dict[str, Any] = {}
     for c in configs(args.seeds, args.alphas, alpha, args.unseen):
         params = params_for(base, c, args.steps)
         print(f"== {c.name}", flush=True)
@@ -245,8 +247,10 @@ def main() -> None:
         rows.append(summary(c, m, UNSEEN_NAME))
         if not c.unseen:
             last = m
+        else:
+            unseen_metrics = m
         print(json.dumps(rows[-1]), flush=True)
-    text = report(rows, alpha, last["average"], steps, time.time() - t0)
+    text = report(rows, alpha, last["average"], steps, time.time() - t0, unseen_metrics.get("average"))
     write_json_atomic(args.out / "results.json", {"steps": steps, "alpha": alpha, "rows": rows,
                                                   "baselines": last["average"]})
     plot(rows, last, args.out / "pareto.png")

@@ -75,12 +75,12 @@ def test_the_report_gives_mean_and_range_over_seeds_and_who_dominates(rq) -> Non
             _row("seed0-alpha0.9", 0, 0.9, 0.10, ["knn", "random"]),
             _row("seed0-alpha0.6-unseen", 0, 0.6, 0.25, [], unseen=True)]
     baselines = {"router": {"em": 0.2, "usd_per_question": 1e-6}, "knn": {"em": 0.267, "usd_per_question": 8.7e-6}}
-    text = rq.report(rows, 0.6, baselines, 60, 120.0)
+    text = rq.report(rows, 0.6, baselines, 60, 120.0, {f"single:{rq.UNSEEN_NAME}": {"em": 0.31, "usd_per_question": 1e-6}})
     assert "| EM | 0.250 (0.200..0.300) |" in text
     assert "| EM after a decline | - |" in text  # no seed had a decline to measure
     assert "| seeds dominated beyond the interval | 1 of 2 (knn) |" in text
     assert "| knn | 0.267 | 8.7 |" in text and "| router |" not in text.split("## Baselines")[1]
-    assert f"## Unseen candidate {rq.UNSEEN_NAME}" in text and "Its call share 0.000" in text
+    assert f"## Unseen candidate {rq.UNSEEN_NAME}" in text and "Its call share 0.000" in text and f"Single {rq.UNSEEN_NAME}: EM 0.310." in text
 
 
 def test_the_probes_count_every_sampled_turn_and_every_copy(probes, repo_root: Path, pool) -> None:
