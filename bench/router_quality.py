@@ -198,11 +198,8 @@ def plot(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], path: Pa
 
     from routerops.evaluation import SystemMetrics
 
-    base = [SystemMetrics(system=s, data_source="average", questions=0, em=m["em"], f1=m["f1"],
-                          format_valid=m["format_valid"], usd_per_question=m["usd_per_question"],
-                          calls_per_question=m["calls_per_question"], em_any_format=m["em_any_format"],
-                          contains_gold=m["contains_gold"])
-            for s, m in metrics["average"].items() if s != "router"]
+    # metrics/evaluation.json holds each SystemMetrics but its system and data source
+    base = [SystemMetrics(system=s, data_source="average", **m) for s, m in metrics["average"].items() if s != "router"]
     fig = pareto_figure(base, "Local router over seeds and alpha (red: seeds; orange: alpha sweep)")
     ax = fig.axes[0]
     for row in rows:
