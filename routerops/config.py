@@ -245,11 +245,15 @@ class LocalTrainParams(_Section):
     clip_ratio: float = Field(gt=0, lt=1)
     grpo_drills_per_step: int = Field(ge=0)
     grpo_drill_coef: float = Field(ge=0)
+    grpo_retry_drills_per_step: int = Field(ge=0)
     temperature: float = Field(gt=0)
     top_p: float = Field(gt=0, le=1)
     max_tokens_per_turn: int = Field(ge=4)
     checkpoint_every: int = Field(ge=1)
     sub_question: Literal["delegate", "question"]
+    fallback: Literal["random", "next_listed"]
+    decline_drill_share: float = Field(ge=0, le=1)
+    retry_drills: int = Field(ge=0)
 
     @model_validator(mode="after")
     def _heads(self) -> LocalTrainParams:

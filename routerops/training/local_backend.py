@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from routerops.candidates.budget import LEDGER_FILE, Budget, RequestBudget, SharedRunBudget
-from routerops.candidates.replay import CORRECT_TEMPLATES, WRONG_TEMPLATES, ReplayPool
+from routerops.candidates.replay import CORRECT_TEMPLATES, DECLINE_TEMPLATES, WRONG_TEMPLATES, ReplayPool
 from routerops.candidates.types import QuestionInfo
 from routerops.config import Params
 from routerops.cost_calibration import (
@@ -81,6 +81,9 @@ __all__ = ["DELEGATE_QUERY", "LocalTrainer", "TrainResult", "step_metrics"]
 DELEGATE_QUERY = "please answer the user's question"
 _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
            "November", "December")
+# Letters outside ASCII that names in the test answers carry; byte-level BPE splits each into
+# byte tokens the copy drills must also cover.
+_ACCENTED = "áàâäãåçéèêëíìîïñóòôöõøúùûüýÿßæœłńśźżčěřšžğışđħ"
 
 
 def _lr_factor(steps: int, warmup: int, decay: bool) -> Callable[[int], float]:
@@ -211,8 +214,10 @@ class LocalTrainer:
         picked = [rng.choice(self.questions) for _ in range(n)]
         items = []
         for q in picked:
-            key = f"{q.text}"
-            orders.setdefault(key.strip(), rng.sample(names, k=2))
+            first = rng.choice(names)
+            second = self.fallback_model(first) if self.lp.fallback == "next_listed" else rng.choice(
+                [m for m in names if m != first])
+            orders.setdefault(q.text.strip(), [first, second])
             items.append((q, self._encode(tokenizer, q)))
         query = None if self.lp.sub_question == "question" else DELEGATE_QUERY
         router = ScriptedRouter(tokenizer, lambda question: order(question.strip()), query=query)
@@ -222,22 +227,32 @@ class LocalTrainer:
                                         pool=self.pool, backend=self.replay, limits=limits,
                                         budgets=self._budgets(len(items))))
 
+    def fallback_model(self, declined: str) -> str:
+        """The model listed after `declined` in the prompt (the first after the last)."""
+        names = list(self.pool.names)
+        return names[(names.index(declined) + 1) % len(names)]
+
     def _drill_answer(self, rng: random.Random) -> str:
         """A real training answer (`drill_real_share` of the time) or a synthetic one.
 
         Synthetic answers are what make the model copy: with only the ~1,000 training answers it
-        memorises them, and drill loss falls to 0.05 while held-out copies stay at 0 %.
+        memorises them, and drill loss falls to 0.05 while held-out copies stay at 0 %. Long
+        phrases and accented names are there because those were most of the evaluation's failed
+        copies (a 24-token phrase, `Münsterländer`, `Temür`; issue 14).
         """
         if rng.random() < self.lp.drill_real_share:
             return rng.choice(self._answers)
         kind = rng.random()
-        if kind < 0.45:
+        if kind < 0.35:
             return " ".join(rng.choice(self._words) for _ in range(rng.randint(1, 4)))
+        if kind < 0.5:
+            return " ".join(rng.choice(self._words) for _ in range(rng.randint(5, 14)))
         if kind < 0.6:
             return str(rng.randint(1, 2030))
-        if kind < 0.75:
+        if kind < 0.7:
             return f"{rng.choice(_MONTHS)} {rng.randint(1, 28)}, {rng.randint(1500, 2030)}"
-        return " ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 9))).capitalize()
+        letters = string.ascii_lowercase if kind < 0.88 else string.ascii_lowercase * 2 + _ACCENTED
+        return " ".join("".join(rng.choice(letters) for _ in range(rng.randint(3, 9))).capitalize()
                         for _ in range(rng.randint(1, 3)))
 
     def copy_drills(self, tokenizer: HFTokenizer, n: int) -> list[tuple[list[int], list[int]]]:
@@ -255,6 +270,25 @@ class LocalTrainer:
             head = render_observation(rng.choice(templates).format(a=a))
             out.append((tokenizer.encode(head, add_special_tokens=False),
                         tokenizer.encode(answer_turn(a), add_special_tokens=False)))
+        return out
+
+    def retry_drills(self, tokenizer: HFTokenizer, n: int) -> list[tuple[list[int], list[int]]]:
+        """Short (declined call, next search) pairs, ~45 tokens each: the search after a decline
+        goes to `fallback_model` of the declined one. Naming another model than the one just asked
+        needs attention to that name, which a 2-layer model did not form from the trajectories'
+        and context drills' ~1,500 examples (its after-decline choices were the same whichever
+        model declined)."""
+        rng = random.Random(f"{self.seed}:retry")
+        names = list(self.pool.names)
+        query = DELEGATE_QUERY if self.lp.sub_question == "delegate" else None
+        out = []
+        for _ in range(n):
+            model = rng.choice(names)
+            q = query or rng.choice(self.questions).text
+            head = search_turn(model, q) + render_observation(rng.choice(DECLINE_TEMPLATES))
+            out.append((tokenizer.encode(head, add_special_tokens=False),
+                        tokenizer.encode(search_turn(self.fallback_model(model), q, first=False),
+                                         add_special_tokens=False)))
         return out
 
     def context_drills(self, tokenizer: HFTokenizer, n: int, stream: str = "context"
@@ -278,8 +312,19 @@ class LocalTrainer:
                 a = self._drill_answer(rng)
                 answer = f" {a}</answer>"
                 turn = answer_turn(a)
-                head = (search_turn(rng.choice(names), query) + render_observation(rng.choice(templates).format(a=a))
-                        + turn[: len(turn) - len(answer)])
+                model = rng.choice(names)
+                if rng.random() < lp.decline_drill_share:
+                    # A declined call, then the fallback's search, scored; its reply is copied below.
+                    declined = tokenizer.encode(search_turn(model, query) + render_observation(
+                        rng.choice(DECLINE_TEMPLATES)), add_special_tokens=False)
+                    model = self.fallback_model(model)
+                    retry = tokenizer.encode(search_turn(model, query, first=False), add_special_tokens=False)
+                    ids += declined + retry
+                    mask += [0] * len(declined) + [1] * len(retry)
+                    head = render_observation(rng.choice(templates).format(a=a)) + turn[: len(turn) - len(answer)]
+                else:
+                    head = (search_turn(model, query) + render_observation(rng.choice(templates).format(a=a))
+                            + turn[: len(turn) - len(answer)])
                 h = tokenizer.encode(head, add_special_tokens=False)
                 t = tokenizer.encode(answer, add_special_tokens=False)
                 ids += h + t
@@ -293,7 +338,8 @@ class LocalTrainer:
         lp = self.lp
         g = torch.Generator().manual_seed(self.seed)
         drills: list[tuple[Sequence[int], Sequence[int], Sequence[int]]] = [
-            (h, t, [1] * len(t)) for h, t in self.copy_drills(tokenizer, lp.copy_drills)]
+            (h, t, [1] * len(t)) for h, t in self.copy_drills(tokenizer, lp.copy_drills)
+            + self.retry_drills(tokenizer, lp.retry_drills)]
         trajs = self.synthetic_trajectories(tokenizer, lp.sft_examples)
         mixed: list[tuple[Sequence[int], Sequence[int], Sequence[int]]] = [
             ([], ids, m) for ids, m in self.context_drills(tokenizer, lp.context_drills)]
@@ -412,8 +458,16 @@ class LocalTrainer:
         """The copy drills mixed into GRPO, drawn once; step N uses a fixed slice, so a resumed run
         sees exactly the drills an uninterrupted one would."""
         if self._ptx is None:
-            self._ptx = self.context_drills(tokenizer, max(1, self.lp.grpo_drills_per_step * self.lp.grpo_steps),
-                                            stream="grpo")
+            lp = self.lp
+            context = self.context_drills(tokenizer, max(1, lp.grpo_drills_per_step * lp.grpo_steps), stream="grpo")
+            # The short retry drills go in as well: without them RL's reinforcement of the first
+            # call's name leaked into the fallback's (greedy `Gemma-2-22B` after a Mixtral-8x22B
+            # decline in 32 of 40 probes, an unknown model), and the format fell to 0.84.
+            retries = [(h + t, [0] * len(h) + [1] * len(t))
+                       for h, t in self.retry_drills(tokenizer, lp.grpo_retry_drills_per_step * lp.grpo_steps)]
+            k, r = lp.grpo_drills_per_step, lp.grpo_retry_drills_per_step
+            self._ptx = [d for step in range(lp.grpo_steps)
+                         for d in context[step * k:(step + 1) * k] + retries[step * r:(step + 1) * r]] or context
         return self._ptx
 
     def _grpo_step(self, step: int, model: CausalLM, ref: CausalLM, tokenizer: HFTokenizer, opt: Optimizer,
@@ -441,10 +495,10 @@ class LocalTrainer:
         kl = rl_math.kl_loss(new_lp, ref_lp, resp_mask)
         loss = pg_loss + lp.kl_coef * kl
         drill_loss = torch.zeros(())
-        if lp.grpo_drills_per_step and lp.grpo_drill_coef:
+        if (lp.grpo_drills_per_step or lp.grpo_retry_drills_per_step) and lp.grpo_drill_coef:
             # A pretraining-mix term (InstructGPT's PPO-ptx): without it the sampled, noisy copies of
             # RL erode the exact copying the warm start built (measured: 0.61 -> 0.50 in 30 steps).
-            k = lp.grpo_drills_per_step
+            k = lp.grpo_drills_per_step + lp.grpo_retry_drills_per_step
             drills = self._grpo_drills(tokenizer)
             batch: list[tuple[Sequence[int], Sequence[int], Sequence[int]]] = [
                 ([], *drills[(step * k + i) % len(drills)]) for i in range(k)]

@@ -30,7 +30,8 @@ from stages.train_router import (
 
 # Small enough for seconds per run on 2 cores, big enough to learn the format.
 TINY = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
-        "num_kv_heads": 2, "copy_drills": 0, "context_drills": 0, "grpo_drills_per_step": 2, "sft_examples": 1000,
+        "num_kv_heads": 2, "copy_drills": 0, "retry_drills": 0, "context_drills": 0, "grpo_drills_per_step": 2,
+        "grpo_retry_drills_per_step": 1, "sft_examples": 1000,
         "sft_epochs": 3, "sft_batch_size": 16, "sft_lr": 0.006, "grpo_steps": 4, "questions_per_step": 4,
         "group_size": 3, "checkpoint_every": 2}
 

@@ -8,6 +8,7 @@ import pytest
 from routerops.candidates.replay import ReplayPool
 from routerops.candidates.types import QuestionInfo
 from routerops.config import load_params
+from routerops.policy import extract_reply_answer
 from routerops.training.local_backend import DELEGATE_QUERY, LocalTrainer, _lr_factor
 from routerops.training.tiny_policy import train_tokenizer
 
@@ -44,34 +45,97 @@ def test_copy_drills_copy_the_reply_and_are_mostly_synthetic(trainer, tok) -> No
     assert trainer.copy_drills(tok, 50) == drills[:50]  # deterministic in the seed
 
 
-def test_context_drills_mask_exactly_the_copied_answers(trainer, tok) -> None:
-    drills = trainer.context_drills(tok, 30)
+def _spans(mask: list[int]) -> list[tuple[int, int]]:
+    spans, i = [], 0
+    while i < len(mask):
+        if mask[i]:
+            j = i
+            while j < len(mask) and mask[j]:
+                j += 1
+            spans.append((i, j))
+            i = j
+        else:
+            i += 1
+    return spans
+
+
+def test_context_drills_mask_the_copied_answers_and_the_searches_after_a_decline(trainer, tok) -> None:
+    drills = trainer.context_drills(tok, 60)
     prompts = {tuple(trainer._encode(tok, q)) for q in QUESTIONS}
+    names = list(trainer.pool.names)
+    retries = 0
     for ids, mask in drills:
         assert len(ids) == len(mask)
         assert any(tuple(ids[: len(p)]) == p for p in prompts)  # opens with a real prompt
-        spans, i = [], 0
-        while i < len(mask):
-            if mask[i]:
-                j = i
-                while j < len(mask) and mask[j]:
-                    j += 1
-                spans.append((i, j))
-                i = j
-            else:
-                i += 1
-        assert len(spans) >= 1
+        spans = _spans(mask)
+        answers = []
         for a, b in spans:
-            answer = tok.decode(ids[a:b])
+            text = tok.decode(ids[a:b])
             before = tok.decode(ids[:a])
-            assert answer.startswith(" ") and answer.endswith("</answer>")
+            if text.startswith("<think>"):
+                # a search after a decline: the model listed after the declined one, never the same
+                m = re.fullmatch(r"<think>That did not answer it; I will ask another model\.</think>\n"
+                                 r"<search>(.+): (.+)</search>", text)
+                declined = re.findall(r"<search>(.+?): ", before)[-1]
+                last_reply = before.rsplit("<information>", 1)[1]
+                assert m and m.group(2) == DELEGATE_QUERY
+                assert m.group(1) == names[(names.index(declined) + 1) % len(names)] != declined
+                assert trainer.fallback_model(declined) == m.group(1)
+                assert "<answer>" not in last_reply and "." in last_reply  # the reply before it declined
+                retries += 1
+                continue
+            answers.append(b)
+            assert text.startswith(" ") and text.endswith("</answer>")
             last_reply = before.rsplit("<information>", 1)[1].split("</information>")[0]
-            assert f"{answer[:-len('</answer>')]}." in f" {last_reply}"  # copied from the newest reply
+            assert f"{text[:-len('</answer>')]}." in f" {last_reply}"  # copied from the newest reply
             assert before.endswith("<answer>") and "<search>" in before and DELEGATE_QUERY in before
+        assert answers
         # grows to a random length up to the cap (200), then stops after the turn that crossed it
-        if len(spans) > 1:
-            assert spans[-2][1] < 200
-    assert trainer.context_drills(tok, 30, stream="grpo") != drills  # independent streams
+        if len(answers) > 1:
+            assert answers[-2] < 200
+    turns = sum(len(_spans(m)) for _, m in drills) - retries
+    assert 0.12 < retries / turns < 0.4  # decline_drill_share = 0.25 of turns
+    assert trainer.context_drills(tok, 30, stream="grpo") != drills[:30]  # independent streams
+
+
+def test_fallback_is_the_next_listed_model_and_the_traces_ask_it_after_a_decline(trainer, tok) -> None:
+    names = list(trainer.pool.names)
+    assert [trainer.fallback_model(n) for n in names] == names[1:] + names[:1]
+    trajs = trainer.synthetic_trajectories(tok, 120)
+    firsts = {t.calls[0].model for t in trajs}
+    assert len(firsts) >= 5  # the first call still explores the pool
+    seconds = [(t.calls[0].model, t.calls[1].model) for t in trajs if len(t.calls) == 2]
+    assert seconds and all(b == trainer.fallback_model(a) for a, b in seconds)
+    for t in trajs:  # a second call only after a first reply that stated no answer
+        assert (len(t.calls) == 2) == (extract_reply_answer(t.calls[0].reply or "") is None)
+
+
+def test_random_fallback_asks_any_other_model(trainer, tok, pool) -> None:
+    tp = trainer.params.train_router
+    params = trainer.params.model_copy(update={"train_router": tp.model_copy(update={
+        "local": tp.local.model_copy(update={"fallback": "random"})})})
+    other = LocalTrainer(params, pool, QUESTIONS, ReplayPool(None), trainer.ckpt_dir)
+    pairs = [(t.calls[0].model, t.calls[1].model) for t in other.synthetic_trajectories(tok, 200) if len(t.calls) == 2]
+    assert pairs and all(a != b for a, b in pairs)
+    assert any(b != other.fallback_model(a) for a, b in pairs)  # not only the next listed one
+
+
+def test_retry_drills_ask_the_next_listed_model_after_a_decline(trainer, tok) -> None:
+    names = list(trainer.pool.names)
+    drills = trainer.retry_drills(tok, 120)
+    declined = []
+    for head, tail in drills:
+        h, t = tok.decode(head), tok.decode(tail)
+        first = re.fullmatch(r"<think>I should ask a model\.</think>\n<search>(.+): (.+)</search>"
+                             r"\n\n<information>(.+)</information>\n\n", h, re.DOTALL)
+        retry = re.fullmatch(r"<think>That did not answer it; I will ask another model\.</think>\n"
+                             r"<search>(.+): (.+)</search>", t)
+        assert first and retry and extract_reply_answer(first.group(3)) is None  # the reply declined
+        assert retry.group(1) == names[(names.index(first.group(1)) + 1) % len(names)]
+        assert first.group(2) == retry.group(2) == DELEGATE_QUERY
+        declined.append(first.group(1))
+    assert set(declined) == set(names)  # every model is seen declining
+    assert trainer.retry_drills(tok, 20) == drills[:20]
 
 
 @pytest.mark.parametrize(("step", "decay", "factor"), [
