@@ -3,12 +3,14 @@
 1. Tokenizer and model built offline from the dataset (see tiny_policy).
 2. Warm start, in two supervised phases:
    a. short copy drills (an information block, then the answer turn) whose answers are mostly
-      synthetic (random words, numbers, dates, made-up names), so the model learns to copy
-      rather than to recall the few hundred training answers;
-   b. long-context drills (a real prompt, then routing turns, loss on the answers only) shuffled
-      together with synthetic protocol trajectories, produced by running the real rollout loop
-      with a scripted router (random model order per question) against the replay pool, so the
-      masks and tokenisation are exactly those of RL. Observation tokens are masked.
+      synthetic (random words and phrases, numbers, dates, made-up names), so the model learns to
+      copy rather than to recall the few hundred training answers, mixed with short retry drills
+      (a declined call, then a search of the fallback model: `fallback_model`);
+   b. long-context drills (a real prompt, then routing turns, loss on the answers and on the
+      searches after a decline) shuffled together with synthetic protocol trajectories, produced
+      by running the real rollout loop with a scripted router (a random first model, the fallback
+      after a decline) against the replay pool, so the masks and tokenisation are exactly those
+      of RL. Observation tokens are masked.
    Why both drills (measured on 137 held-out test answers, greedy, full trajectory context):
    short drills alone copy perfectly in a 40-token context and 0 % in a 200-token one (the
    induction pattern does not survive the longer context); long-context drills alone barely
