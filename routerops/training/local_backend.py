@@ -406,6 +406,12 @@ class LocalTrainer:
         model, tokenizer = self._prepare()
         ref, _ = load_policy(self.ckpt_dir / "sft")
         ref.eval()
+        # GRPO starts from the same random state whether the warm start ran in this process or was
+        # read back (a run killed before its first GRPO checkpoint, or a bench reusing a warm
+        # start); without this the two gave different routers from the same warm start.
+        torch.manual_seed(self.seed)
+        random.seed(self.seed)
+        np.random.seed(self.seed)
         opt = torch.optim.AdamW(model.parameters(), lr=lp.grpo_lr, weight_decay=0.0)
         normalizer = self.initial_normalizer()
         history: list[dict[str, Any]] = []

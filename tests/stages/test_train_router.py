@@ -122,27 +122,32 @@ def test_killed_run_resumes_exactly(repo_root, pool, dataset, shared_data, tmp_p
     ref = run(params, inputs_for(pool, dataset, shared_data, tmp_path / "ref-ckpt", repo_root))
 
     script = tmp_path / "killed.py"
-    script.write_text(KILLED_RUN.format(
-        root=str(repo_root), params=str(repo_root / "params.yaml"), tiny=TINY, pool=str(repo_root / "pool.yaml"),
-        dataset=str(dataset), data=str(shared_data), ckpt=str(tmp_path / "ckpt")))
-    proc = subprocess.run([sys.executable, str(script)], env={**os.environ, "KILL_AT_STEP": "3"},
-                          capture_output=True, text=True, timeout=max(1.0, deadline - time.monotonic()))
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    steps = sorted(p.name for p in (tmp_path / "ckpt").glob("step_*"))
-    assert steps == ["step_00002"]  # killed after step 3, before the step-4 checkpoint
+    # Killed after GRPO step 1 (only the warm start saved) and after step 3 (the step-2 checkpoint
+    # saved, step 4's not yet): either way the resumed run ends where the uninterrupted one does.
+    for kill_at, kept in ((1, []), (3, ["step_00002"])):
+        ckpt = tmp_path / f"ckpt-{kill_at}"
+        script.write_text(KILLED_RUN.format(
+            root=str(repo_root), params=str(repo_root / "params.yaml"), tiny=TINY, pool=str(repo_root / "pool.yaml"),
+            dataset=str(dataset), data=str(shared_data), ckpt=str(ckpt)))
+        proc = subprocess.run([sys.executable, str(script)], env={**os.environ, "KILL_AT_STEP": str(kill_at)},
+                              capture_output=True, text=True, timeout=max(1.0, deadline - time.monotonic()))
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        assert (ckpt / "sft" / "_COMPLETE").is_file()
+        assert sorted(p.name for p in ckpt.glob("step_*")) == kept
 
-    resumed = run(params, inputs_for(pool, dataset, shared_data, tmp_path / "ckpt", repo_root))
-    assert resumed.summary.resumed is True
-    assert resumed.history == ref.history
-    a = torch.load(tmp_path / "ckpt" / "step_00004" / "model.pt")
-    b = torch.load(tmp_path / "ref-ckpt" / "step_00004" / "model.pt")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        resumed = run(params, inputs_for(pool, dataset, shared_data, ckpt, repo_root))
+        assert resumed.summary.resumed is True  # from its warm start, or from step 2
+        assert resumed.history == ref.history, kill_at
+        a = torch.load(ckpt / "step_00004" / "model.pt")
+        b = torch.load(tmp_path / "ref-ckpt" / "step_00004" / "model.pt")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), kill_at
+    ckpt = tmp_path / "ckpt-3"
     # The budget's ledger kept what the killed process spent: the resumed run paid for step 3
     # twice, so it holds more than the uninterrupted run's, never a fresh zero.
-    killed, whole = (json.loads((tmp_path / d / "run_budget.json").read_text()) for d in ("ckpt", "ref-ckpt"))
+    killed, whole = (json.loads((tmp_path / d / "run_budget.json").read_text()) for d in ("ckpt-3", "ref-ckpt"))
     assert killed["calls"] > whole["calls"] and killed["spent_usd"] > whole["spent_usd"] > 0
     # The cost bounds were calibrated once, before the first step, and read back on resume.
-    assert (tmp_path / "ckpt" / "cost_bounds.json").read_text() == (tmp_path / "ref-ckpt" / "cost_bounds.json").read_text()
+    assert (ckpt / "cost_bounds.json").read_text() == (tmp_path / "ref-ckpt" / "cost_bounds.json").read_text()
     assert resumed.meta["cost_normalizer"]["mode"] == "calibrated"
 
 
