@@ -23,7 +23,7 @@ from typing import Any
 from routerops.evaluation import EvalRecord, contains_gold
 from routerops.policy import extract_reply_answer
 
-__all__ = ["RouterBehaviour", "information_blocks", "router_behaviour"]
+__all__ = ["RouterBehaviour", "after_decline_headroom", "first_declined_ids", "information_blocks", "router_behaviour"]
 
 _INFO_RE = re.compile(r"<information>(.*?)</information>", re.DOTALL)
 
@@ -56,19 +56,36 @@ class RouterBehaviour:
         return asdict(self)
 
 
+def _first_declined(r: EvalRecord) -> bool:
+    blocks = information_blocks(r.response)
+    return bool(r.calls and blocks and r.calls[0].ok and extract_reply_answer(blocks[0]) is None)
+
+
+def first_declined_ids(records: Iterable[EvalRecord]) -> set[str]:
+    """Questions whose first router call was answered with no answer stated."""
+    return {r.question_id for r in records if r.system == "router" and _first_declined(r)}
+
+
+def after_decline_headroom(records: Iterable[EvalRecord]) -> dict[str, tuple[int, int]]:
+    """Per system, (questions, exact matches) over the questions whose first router reply
+    declined: what a second round could gain there (each single model asked alone, the oracle),
+    beside what the router got."""
+    recs = list(records)
+    ids = first_declined_ids(recs)
+    out: dict[str, tuple[int, int]] = {}
+    for r in recs:
+        if r.question_id in ids:
+            n, em = out.get(r.system, (0, 0))
+            out[r.system] = (n + 1, em + int(r.em))
+    return dict(sorted(out.items()))
+
+
 def router_behaviour(records: Iterable[EvalRecord]) -> RouterBehaviour:
     """Copy fidelity and multi-round figures over the `router` records among `records`."""
     recs = [r for r in records if r.system == "router"]
     gold = [r for r in recs if any(contains_gold(b, r.golden_answers) for b in information_blocks(r.response))]
-    declined, failed = [], 0
-    for r in recs:
-        blocks = information_blocks(r.response)
-        if not r.calls or not blocks:
-            continue
-        if not r.calls[0].ok:
-            failed += 1
-        elif extract_reply_answer(blocks[0]) is None:
-            declined.append(r)
+    declined = [r for r in recs if _first_declined(r)]
+    failed = sum(1 for r in recs if r.calls and information_blocks(r.response) and not r.calls[0].ok)
     again = [r for r in declined if len(r.calls) >= 2]
     other = [r for r in again if r.calls[1].model != r.calls[0].model]
     reasked = [r for r in recs if len({c.model for c in r.calls}) < len(r.calls)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from routerops.behaviour import information_blocks, router_behaviour
+from routerops.behaviour import after_decline_headroom, first_declined_ids, information_blocks, router_behaviour
 from routerops.candidates.types import CallOrigin
 from routerops.evaluation import Call, EvalRecord
 
@@ -47,3 +47,19 @@ def test_no_router_records_give_counts_of_zero_and_no_shares() -> None:
 def test_information_blocks_are_the_replies_in_order() -> None:
     r = rec("x", [(A, " one "), (B, "two")], "two")
     assert information_blocks(r.response) == ["one", "two"]
+
+
+def test_after_decline_headroom_scores_every_system_on_the_routers_declined_questions() -> None:
+    records = [
+        rec("q1", [(A, "I am not sure."), (B, "It is Paris.")], "Paris"),
+        rec("q2", [(A, "I cannot say."), (A, "I am not sure.")], "unknown"),
+        rec("q3", [(A, "The answer is Paris.")], "Paris"),  # answered at once: not counted
+        rec("q4", [(A, "None")], "unknown", failed=True),  # a failed call is no decline
+        rec("q1", [(B, "Answer: Paris")], "Paris", system="single:" + B),
+        rec("q2", [(B, "Answer: Rome")], "Rome", system="single:" + B),
+        rec("q3", [(B, "Answer: Paris")], "Paris", system="single:" + B),
+        rec("q2", [(B, "Answer: Paris")], "Paris", system="oracle"),
+    ]
+    assert first_declined_ids(records) == {"q1", "q2"}
+    assert after_decline_headroom(records) == {"oracle": (1, 1), "router": (2, 1), "single:" + B: (2, 1)}
+    assert after_decline_headroom([]) == {}
