@@ -6,8 +6,9 @@ Two measurements on one policy directory (the trained router, or a checkpoint's 
    declined. The table gives, per X, the share of sampled next turns (temperature 1) that ask
    each candidate, answer, or are invalid; a router that re-asks X shows a large diagonal, one that
    learnt nothing about the decline shows the same row for every X.
-2. **Copy.** Greedy answers after one reply that states a test-set gold answer, by the answer's
-   length in policy tokens: the share copied exactly, and the first wrong token's position.
+2. **Copy.** Greedy answers after one reply that states a test-set gold answer: the share copied
+   exactly, by the answer's length in policy tokens and by kind (holding a digit; else holding one
+   token twice in a row, where a small model's copy loses its place; else the rest).
 
 Usage: python bench/router_probes.py [--router artifacts/router] [--prompts 16] [--samples 8] [--answers 400]
 Needs the dataset stage's output (artifacts/dataset); `make demo` builds both.
@@ -20,6 +21,7 @@ import random
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,10 +71,18 @@ def after_decline(model: CausalLM, tok: PreTrainedTokenizerFast, prompts: list[l
     return table
 
 
+def kind(tok: PreTrainedTokenizerFast, answer: str) -> str:
+    """`digit`, `repeat` (one token twice in a row) or `other`."""
+    if any(c.isdigit() for c in answer):
+        return "digit"
+    ids = tok.encode(f" {answer}", add_special_tokens=False)
+    return "repeat" if any(a == b for a, b in pairwise(ids)) else "other"
+
+
 def copies(model: CausalLM, tok: PreTrainedTokenizerFast, prompt_of: Callable[[str], list[int]],
            answers: list[tuple[str, str]], names: list[str],
            rng: random.Random) -> dict[int, list[int]]:
-    """Exact-copy outcomes (1/0) by answer length in tokens."""
+    """Exact-copy outcomes (1/0) by answer length in tokens, in the order of `answers` within a length."""
     out: dict[int, list[int]] = defaultdict(list)
     close = tok.encode("</answer>", add_special_tokens=False)
     for question, a in answers:
@@ -131,6 +141,12 @@ def main() -> None:
     too_long = sum(len(tok.encode(f" {a}", add_special_tokens=False)) > cap for _, a in answers)
     answers = [(q, a) for q, a in answers if len(tok.encode(f" {a}", add_special_tokens=False)) <= cap]
     by_len = copies(model, tok, prompt_of, answers, names, rng)
+    by_kind: dict[str, list[int]] = defaultdict(list)
+    seen: Counter[int] = Counter()
+    for _, a in answers:
+        n = len(tok.encode(f" {a}", add_special_tokens=False))
+        by_kind[kind(tok, a)].append(by_len[n][seen[n]])
+        seen[n] += 1
     print(f"\n## Copy: exact greedy copies of {len(answers)} test answers after one reply stating them "
           f"({too_long} longer than a {cap}-token turn left out)\n")
     print("| answer tokens | n | exact |")
@@ -145,6 +161,11 @@ def main() -> None:
         if v:
             print(f"| {label} | {len(v)} | {sum(v) / len(v):.2f} |")
     print(f"| all | {len(total)} | {sum(total) / len(total):.3f} |")
+    print("\n| answer kind | n | exact |\n|---|---|---|")
+    for group in ("digit", "repeat", "other"):
+        v = by_kind.get(group, [])
+        if v:
+            print(f"| {group} | {len(v)} | {sum(v) / len(v):.3f} |")
 
 
 if __name__ == "__main__":

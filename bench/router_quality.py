@@ -10,14 +10,20 @@ configuration:
   study); the warm start does not depend on alpha, so each alpha reuses the seed's;
 - **unseen candidate** (`--unseen`): the first seed's router evaluated on the pool plus one model it
   was never trained with, given by name, descriptor and price only (no retraining); its call share
-  says whether the router routes to it.
+  says whether the router routes to it;
+- **a repriced pool** (`--reprice NAME=FACTOR`, repeatable): every configuration trains and is
+  evaluated with those candidates' prices multiplied, as after a price change. On pool.yaml the most
+  accurate model is also among the cheapest per call, so alpha has nothing to trade; with it
+  priced up, the alpha sweep shows whether alpha prices accuracy against cost. The warm start does
+  not depend on prices (its traces pick models at random), so `--warm-start` may reuse one trained
+  on pool.yaml.
 
 Writes `<out>/results.json`, `<out>/report.md` (the tables) and `<out>/pareto.png` (every router
 point over the baselines). Each configuration trains in its own checkpoint folder and writes its
 evaluation last, so a killed bench resumes where it stopped and skips what is done.
 
 Usage: python bench/router_quality.py [--seeds 0 1 2] [--alphas 0 0.6 0.9] [--unseen] [--steps N]
-       [--out .routerops/bench/router_quality]
+       [--reprice NAME=FACTOR ...] [--out .routerops/bench/router_quality]
 Needs the dataset stage's output (artifacts/dataset) and data/ (`make demo` builds both). About
 7 minutes per seed (warm start 5, GRPO 2) and 2.5 per extra alpha on an idle 2-core machine;
 `--warm-start checkpoints/train_router` reuses the demo's warm start for the first seed, which then
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -85,12 +92,45 @@ def configs(seeds: Sequence[int], alphas: Sequence[float], alpha: float, unseen:
     return out
 
 
-def with_unseen(pool_file: Path) -> Pool:
+def parse_reprice(items: Sequence[str], names: Sequence[str]) -> dict[str, float]:
+    """`NAME=FACTOR` items into {name: factor}; a candidate named twice, one not in the pool, or a
+    factor that is not a positive finite number is refused."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, factor = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--reprice {item!r}: expected NAME=FACTOR")
+        if name not in names:
+            raise ValueError(f"--reprice {item!r}: {name!r} is not a candidate (pool: {', '.join(names)})")
+        if name in out:
+            raise ValueError(f"--reprice {item!r}: {name!r} is repriced twice")
+        try:
+            value = float(factor)
+        except ValueError:
+            raise ValueError(f"--reprice {item!r}: factor {factor!r} is not a number") from None
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--reprice {item!r}: factor must be a positive finite number")
+        out[name] = value
+    return out
+
+
+def pool_variant(pool_file: Path, reprice: Mapping[str, float], unseen: bool = False) -> Pool:
+    """pool.yaml with `reprice`'s prices multiplied and, if `unseen`, the unseen candidate added."""
     raw = yaml.safe_load(pool_file.read_text())
-    raw["pricing"]["prices"][UNSEEN_NAME] = dict(UNSEEN_PRICE)
-    raw["pricing"]["label"] += "+unseen"
-    raw["candidates"].append(json.loads(json.dumps(UNSEEN)))
-    return parse_pool(raw, f"{pool_file} + {UNSEEN_NAME}")
+    prices = raw["pricing"]["prices"]
+    for name, factor in reprice.items():
+        prices[name] = {k: v * factor for k, v in prices[name].items()}
+        raw["pricing"]["label"] += f"+{name}x{factor:g}"
+    if unseen:
+        prices[UNSEEN_NAME] = dict(UNSEEN_PRICE)
+        raw["pricing"]["label"] += "+unseen"
+        raw["candidates"].append(json.loads(json.dumps(UNSEEN)))
+    label = ", ".join([*(f"{n} x{f:g}" for n, f in reprice.items()), *([f"+ {UNSEEN_NAME}"] if unseen else [])])
+    return parse_pool(raw, f"{pool_file} ({label})" if label else str(pool_file))
+
+
+def with_unseen(pool_file: Path) -> Pool:
+    return pool_variant(pool_file, {}, unseen=True)
 
 
 def params_for(base: Params, c: Config, steps: int | None) -> Params:
@@ -156,18 +196,30 @@ def _spread(rows: Sequence[Mapping[str, Any]], key: str, scale: float = 1.0) -> 
     return f"{statistics.fmean(vals):.3f} ({min(vals):.3f}..{max(vals):.3f})"
 
 
+def _top_share(share: Mapping[str, float]) -> str:
+    if not share:
+        return "-"
+    name, value = max(share.items(), key=lambda kv: kv[1])
+    return f"{name.removesuffix('-Instruct')} {value:.2f}"
+
+
 def report(rows: Sequence[Mapping[str, Any]], seeds_alpha: float, baselines: Mapping[str, Any],
-           steps: int, seconds: float, unseen_baselines: Mapping[str, Any] | None = None) -> str:
+           steps: int, seconds: float, unseen_baselines: Mapping[str, Any] | None = None,
+           reprice: Mapping[str, float] | None = None) -> str:
     cols = ["config", "EM", "micro-USD/q", "calls/q", "fmt", "copy fidelity", "declined first",
-            "asked another", "EM after decline", "re-asked same", "dominated beyond CI"]
-    lines = [f"# Router quality ({steps} GRPO steps per router; {seconds / 60:.0f} min)", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            "asked another", "EM after decline", "re-asked same", "dominated beyond CI", "top call share"]
+    lines = [f"# Router quality ({steps} GRPO steps per router; {seconds / 60:.0f} min)", ""]
+    if reprice:
+        lines += ["Pool: pool.yaml with " + ", ".join(f"{n}'s prices x{f:g}" for n, f in reprice.items())
+                  + " (training and evaluation).", ""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
         lines.append("| " + " | ".join([
             row["config"], _fmt(row["em"]), _fmt(row["usd_per_question"] * 1e6, 1), _fmt(row["calls_per_question"], 2),
             _fmt(row["format_valid"]), f"{_fmt(row['copy_fidelity'])} of {row['gold_in_reply']}",
             str(row["first_declined"]), _fmt(row["asked_other_model"]), _fmt(row["em_after_decline"]),
-            _fmt(row["reasked_same_model"]), ", ".join(row["dominated_beyond_ci"]) or "none"]) + " |")
+            _fmt(row["reasked_same_model"]), ", ".join(row["dominated_beyond_ci"]) or "none",
+            _top_share(row["call_share"])]) + " |")
     seeds = [r for r in rows if r["alpha"] == seeds_alpha and not r["unseen"]]
     lines += ["", f"## Over {len(seeds)} seeds at alpha {seeds_alpha:g}: mean (min..max)", "",
               "| metric | value |", "|---|---|"]
@@ -195,14 +247,18 @@ def report(rows: Sequence[Mapping[str, Any]], seeds_alpha: float, baselines: Map
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], path: Path) -> None:
+def plot(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], path: Path,
+         reprice: Mapping[str, float] | None = None) -> None:
     import matplotlib.pyplot as plt
 
     from routerops.evaluation import SystemMetrics
 
     # metrics/evaluation.json holds each SystemMetrics but its system and data source
     base = [SystemMetrics(system=s, data_source="average", **m) for s, m in metrics["average"].items() if s != "router"]
-    fig = pareto_figure(base, "Local router over seeds and alpha (red: seeds; orange: alpha sweep)")
+    title = "Local router over seeds and alpha (red: seeds; orange: alpha sweep)"
+    if reprice:
+        title += "\npool.yaml with " + ", ".join(f"{n} x{f:g}" for n, f in reprice.items())
+    fig = pareto_figure(base, title)
     ax = fig.axes[0]
     for row in rows:
         if row["unseen"]:
@@ -226,10 +282,16 @@ def main() -> None:
     ap.add_argument("--warm-start", type=Path, default=None,
                     help="a checkpoint folder whose sft/ warm start the first seed reuses (e.g. the demo's "
                          "checkpoints/train_router, when only GRPO or reward settings differ from it)")
+    ap.add_argument("--reprice", action="append", default=[], metavar="NAME=FACTOR",
+                    help="multiply a candidate's prices for every configuration (repeatable)")
     ap.add_argument("--out", type=Path, default=ROOT / ".routerops" / "bench" / "router_quality")
     args = ap.parse_args()
     base = load_params(ROOT / "params.yaml")
-    pool = load_pool(ROOT / "pool.yaml")
+    try:
+        reprice = parse_reprice(args.reprice, load_pool(ROOT / "pool.yaml").names)
+    except ValueError as exc:
+        ap.error(str(exc))
+    pool = pool_variant(ROOT / "pool.yaml", reprice)
     alpha = base.rewards.alpha
     steps = args.steps if args.steps is not None else base.train_router.local.grpo_steps
     t0 = time.time()
@@ -242,17 +304,18 @@ def main() -> None:
         print(f"== {c.name}", flush=True)
         router = train(params, c, pool, args.out, warm)
         warm.setdefault(c.seed, args.out / "checkpoints" / c.trains)
-        m = evaluate(params, c, with_unseen(ROOT / "pool.yaml") if c.unseen else pool, router, args.out)
+        m = evaluate(params, c, pool_variant(ROOT / "pool.yaml", reprice, unseen=True) if c.unseen else pool,
+                     router, args.out)
         rows.append(summary(c, m, UNSEEN_NAME))
         if not c.unseen:
             last = m
         else:
             unseen_metrics = m
         print(json.dumps(rows[-1]), flush=True)
-    text = report(rows, alpha, last["average"], steps, time.time() - t0, unseen_metrics.get("average"))
-    write_json_atomic(args.out / "results.json", {"steps": steps, "alpha": alpha, "rows": rows,
+    text = report(rows, alpha, last["average"], steps, time.time() - t0, unseen_metrics.get("average"), reprice)
+    write_json_atomic(args.out / "results.json", {"steps": steps, "alpha": alpha, "reprice": reprice, "rows": rows,
                                                   "baselines": last["average"]})
-    plot(rows, last, args.out / "pareto.png")
+    plot(rows, last, args.out / "pareto.png", reprice)
     write_text_atomic(args.out / "report.md", text)
     print(text)
 

@@ -22,7 +22,7 @@ from infra.local.dvc_remote import configure_remote
 from infra.local.s3 import LocalS3, Ports
 
 TINY = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
-        "num_kv_heads": 2, "copy_drills": 0, "context_drills": 0, "sft_examples": 300, "sft_epochs": 1, "grpo_steps": 2,
+        "num_kv_heads": 2, "copy_drills": 0, "retry_drills": 0, "context_drills": 0, "sft_examples": 300, "sft_epochs": 1, "grpo_steps": 2,
         "questions_per_step": 2, "group_size": 2, "checkpoint_every": 1}
 
 

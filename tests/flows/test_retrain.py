@@ -34,7 +34,7 @@ from routerops.service_process import free_port
 pytestmark = [pytest.mark.slow]
 
 TINY = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
-        "num_kv_heads": 2, "copy_drills": 0, "context_drills": 0, "sft_examples": 300, "sft_epochs": 1, "grpo_steps": 2,
+        "num_kv_heads": 2, "copy_drills": 0, "retry_drills": 0, "context_drills": 0, "sft_examples": 300, "sft_epochs": 1, "grpo_steps": 2,
         "questions_per_step": 2, "group_size": 2, "checkpoint_every": 1}
 RUN_TIMEOUT_S = 900.0
 

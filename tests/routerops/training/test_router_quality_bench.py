@@ -63,6 +63,41 @@ def test_the_unseen_model_is_priced_and_described_but_never_recorded(rq, repo_ro
     assert extended.snapshot_id != pool.snapshot_id
 
 
+def test_a_repriced_pool_multiplies_those_prices_only(rq, repo_root: Path, pool) -> None:
+    name = "Mixtral-8x22B-Instruct"
+    repriced = rq.pool_variant(repo_root / "pool.yaml", {name: 5.0})
+    assert repriced.names == pool.names and repriced.snapshot_id != pool.snapshot_id
+    for c in pool:
+        factor = 5.0 if c.name == name else 1.0
+        got = repriced.get(c.name).price
+        assert (got.input_usd_per_mtok, got.output_usd_per_mtok) == pytest.approx(
+            (c.price.input_usd_per_mtok * factor, c.price.output_usd_per_mtok * factor))
+    both = rq.pool_variant(repo_root / "pool.yaml", {name: 5.0}, unseen=True)
+    assert both.names == (*pool.names, rq.UNSEEN_NAME) and both.get(name).price == repriced.get(name).price
+
+
+@pytest.mark.parametrize(("items", "error"), [
+    (["Mixtral-8x22B-Instruct"], "--reprice 'Mixtral-8x22B-Instruct': expected NAME=FACTOR"),
+    (["=2"], "--reprice '=2': expected NAME=FACTOR"),
+    (["GPT-9=2"], "--reprice 'GPT-9=2': 'GPT-9' is not a candidate (pool: A, B)"),
+    (["A=2", "A=3"], "--reprice 'A=3': 'A' is repriced twice"),
+    (["A=cheap"], "--reprice 'A=cheap': factor 'cheap' is not a number"),
+    (["A=0"], "--reprice 'A=0': factor must be a positive finite number"),
+    (["A=-1"], "--reprice 'A=-1': factor must be a positive finite number"),
+    (["A=inf"], "--reprice 'A=inf': factor must be a positive finite number"),
+    (["A=nan"], "--reprice 'A=nan': factor must be a positive finite number"),
+])
+def test_malformed_reprice_items_are_refused(rq, items, error) -> None:
+    with pytest.raises(ValueError) as info:
+        rq.parse_reprice(items, ["A", "B"])
+    assert str(info.value) == error
+
+
+def test_reprice_items_parse_to_factors(rq) -> None:
+    assert rq.parse_reprice(["A=5", "B=0.5"], ["A", "B"]) == {"A": 5.0, "B": 0.5}
+    assert rq.parse_reprice([], ["A"]) == {}
+
+
 def _row(name: str, seed: int, alpha: float, em: float, beaten: list[str], unseen: bool = False) -> dict:
     return {"config": name, "seed": seed, "alpha": alpha, "unseen": unseen, "em": em, "usd_per_question": 20e-6,
             "calls_per_question": 1.2, "format_valid": 0.97, "call_share": {}, "unseen_share": 0.0 if unseen else None,
@@ -81,6 +116,11 @@ def test_the_report_gives_mean_and_range_over_seeds_and_who_dominates(rq) -> Non
     assert "| seeds dominated beyond the interval | 1 of 2 (knn) |" in text
     assert "| knn | 0.267 | 8.7 |" in text and "| router |" not in text.split("## Baselines")[1]
     assert f"## Unseen candidate {rq.UNSEEN_NAME}" in text and "Its call share 0.000" in text and f"Single {rq.UNSEEN_NAME}: EM 0.310." in text
+    assert "Pool:" not in text
+    shares = [{**r, "call_share": {"Mixtral-8x22B-Instruct": 0.7, "Mistral-7B-Instruct": 0.3}} for r in rows]
+    text = rq.report(shares, 0.6, baselines, 60, 120.0, None, {"Mixtral-8x22B-Instruct": 5.0})
+    assert "Pool: pool.yaml with Mixtral-8x22B-Instruct's prices x5 (training and evaluation)." in text
+    assert text.count("| Mixtral-8x22B 0.70 |") == 4
 
 
 def test_the_probes_count_every_sampled_turn_and_every_copy(probes, repo_root: Path, pool) -> None:
@@ -99,3 +139,10 @@ def test_the_probes_count_every_sampled_turn_and_every_copy(probes, repo_root: P
                            random.Random(0))
     assert sorted(by_len) == sorted({len(tok.encode(f" {a}", add_special_tokens=False)) for _, a in answers})
     assert all(v in (0, 1) for vs in by_len.values() for v in vs) and sum(map(len, by_len.values())) == 2
+
+
+@pytest.mark.parametrize(("answer", "kind"), [("1444", "digit"), ("E20", "digit"), ("Puzzzle", "repeat"),
+                                              ("Paris", "other")])
+def test_the_copy_probe_sorts_answers_by_kind(probes, answer, kind) -> None:
+    tok = train_tokenizer(["Paris is a city."] * 5, 400)
+    assert probes.kind(tok, answer) == kind
