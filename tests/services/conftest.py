@@ -25,7 +25,7 @@ from routerops.serving import KEYS_DB_ENV
 
 # Seconds of CPU training on 2 cores; enough to follow the protocol most of the time.
 TINY = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
-        "num_kv_heads": 2, "copy_drills": 0, "retry_drills": 0, "context_drills": 0, "grpo_drills_per_step": 2, "sft_examples": 600,
+        "num_kv_heads": 2, "copy_drills": 0, "context_drills": 0, "grpo_drills_per_step": 2, "sft_examples": 600,
         "sft_epochs": 2, "sft_batch_size": 16, "sft_lr": 0.006, "grpo_steps": 2, "questions_per_step": 2,
         "group_size": 2, "checkpoint_every": 1}
 TEST_PER_BENCHMARK = 4
