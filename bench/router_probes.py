@@ -82,8 +82,17 @@ def kind(tok: PreTrainedTokenizerFast, answer: str) -> str:
 def copies(model: CausalLM, tok: PreTrainedTokenizerFast, prompt_of: Callable[[str], list[int]],
            answers: list[tuple[str, str]], names: list[str],
            rng: random.Random) -> dict[int, list[int]]:
-    """Exact-copy outcomes (1/0) by answer length in tokens, in the order of `answers` within a length."""
+    """Exact-copy outcomes (1/0) by answer length in tokens."""
     out: dict[int, list[int]] = defaultdict(list)
+    for n, ok in copy_outcomes(model, tok, prompt_of, answers, names, rng):
+        out[n].append(ok)
+    return out
+
+
+def copy_outcomes(model: CausalLM, tok: PreTrainedTokenizerFast, prompt_of: Callable[[str], list[int]],
+                  answers: list[tuple[str, str]], names: list[str], rng: random.Random) -> list[tuple[int, int]]:
+    """(answer length in tokens, exact copy 1/0) for each of `answers`, in order."""
+    out: list[tuple[int, int]] = []
     close = tok.encode("</answer>", add_special_tokens=False)
     for question, a in answers:
         head = answer_turn(a)
@@ -97,7 +106,7 @@ def copies(model: CausalLM, tok: PreTrainedTokenizerFast, prompt_of: Callable[[s
             gen, _ = hf_generate(model, tok, ids, torch.ones_like(ids), max_new_tokens=len(want) + len(close),
                                  greedy=True, temperature=1.0, top_p=1.0, stop=(), pad_token_id=tok.pad_token_id)
         got = gen[0].tolist()
-        out[len(want)].append(int(got[: len(want) + len(close)] == want + close))
+        out.append((len(want), int(got[: len(want) + len(close)] == want + close)))
     return out
 
 
@@ -140,13 +149,11 @@ def main() -> None:
     # An answer longer than a turn cannot be written whole, whatever the policy learnt.
     too_long = sum(len(tok.encode(f" {a}", add_special_tokens=False)) > cap for _, a in answers)
     answers = [(q, a) for q, a in answers if len(tok.encode(f" {a}", add_special_tokens=False)) <= cap]
-    by_len = copies(model, tok, prompt_of, answers, names, rng)
+    by_len: dict[int, list[int]] = defaultdict(list)
     by_kind: dict[str, list[int]] = defaultdict(list)
-    seen: Counter[int] = Counter()
-    for _, a in answers:
-        n = len(tok.encode(f" {a}", add_special_tokens=False))
-        by_kind[kind(tok, a)].append(by_len[n][seen[n]])
-        seen[n] += 1
+    for (_, a), (n, ok) in zip(answers, copy_outcomes(model, tok, prompt_of, answers, names, rng), strict=True):
+        by_len[n].append(ok)
+        by_kind[kind(tok, a)].append(ok)
     print(f"\n## Copy: exact greedy copies of {len(answers)} test answers after one reply stating them "
           f"({too_long} longer than a {cap}-token turn left out)\n")
     print("| answer tokens | n | exact |")
