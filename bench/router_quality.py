@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import statistics
 import sys
@@ -44,31 +43,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, without installing
 
+from bench.pool_variants import UNSEEN_NAME, parse_reprice, pool_variant
+from bench.reward_optimum import training_outcomes
 from routerops.config import Params, load_params
 from routerops.io import write_json_atomic, write_text_atomic
 from routerops.paths import project_root
-from routerops.pool import Pool, load_pool, parse_pool
+from routerops.pool import Pool, load_pool
 from routerops.report import pareto_figure
+from routerops.reward_optimum import Optimum, optimum
+from routerops.rl_dataset import read_questions
 from stages import evaluate_router, train_router
 
 ROOT = project_root()
-# The unseen candidate: priced like the cheapest 8B model, described as strong at recall; its
-# replayed answers follow the prior accuracies below (LLaMA-3.1-70B's), so its descriptor and
-# price say what its replies bear out: as accurate as the 70B model at a fifth of its price.
-UNSEEN_NAME = "Qwen2.5-72B-Instruct"
-UNSEEN: dict[str, Any] = {
-    "name": UNSEEN_NAME, "aliases": ["qwen2.5-72b"], "provider_model_id": "qwen/qwen2.5-72b-instruct",
-    "descriptor": ("Alibaba's 72B instruction model; broad world knowledge and strong recall of facts, "
-                   "priced like a small model."),
-    "replay": {"mean_completion_tokens": 120,
-               "prior_accuracy": {"nq": 0.280, "popqa": 0.342, "hotpotqa": 0.260, "2wikimultihopqa": 0.270,
-                                  "default": 0.288}},
-}
-UNSEEN_PRICE = {"input_usd_per_mtok": 0.18, "output_usd_per_mtok": 0.18}
 
 
 @dataclass(frozen=True)
@@ -90,47 +78,6 @@ def configs(seeds: Sequence[int], alphas: Sequence[float], alpha: float, unseen:
     if unseen:
         out.append(Config(f"seed{seeds[0]}-alpha{alpha:g}-unseen", seeds[0], alpha, unseen=True))
     return out
-
-
-def parse_reprice(items: Sequence[str], names: Sequence[str]) -> dict[str, float]:
-    """`NAME=FACTOR` items into {name: factor}; a candidate named twice, one not in the pool, or a
-    factor that is not a positive finite number is refused."""
-    out: dict[str, float] = {}
-    for item in items:
-        name, sep, factor = item.partition("=")
-        if not sep or not name:
-            raise ValueError(f"--reprice {item!r}: expected NAME=FACTOR")
-        if name not in names:
-            raise ValueError(f"--reprice {item!r}: {name!r} is not a candidate (pool: {', '.join(names)})")
-        if name in out:
-            raise ValueError(f"--reprice {item!r}: {name!r} is repriced twice")
-        try:
-            value = float(factor)
-        except ValueError:
-            raise ValueError(f"--reprice {item!r}: factor {factor!r} is not a number") from None
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"--reprice {item!r}: factor must be a positive finite number")
-        out[name] = value
-    return out
-
-
-def pool_variant(pool_file: Path, reprice: Mapping[str, float], unseen: bool = False) -> Pool:
-    """pool.yaml with `reprice`'s prices multiplied and, if `unseen`, the unseen candidate added."""
-    raw = yaml.safe_load(pool_file.read_text())
-    prices = raw["pricing"]["prices"]
-    for name, factor in reprice.items():
-        prices[name] = {k: v * factor for k, v in prices[name].items()}
-        raw["pricing"]["label"] += f"+{name}x{factor:g}"
-    if unseen:
-        prices[UNSEEN_NAME] = dict(UNSEEN_PRICE)
-        raw["pricing"]["label"] += "+unseen"
-        raw["candidates"].append(json.loads(json.dumps(UNSEEN)))
-    label = ", ".join([*(f"{n} x{f:g}" for n, f in reprice.items()), *([f"+ {UNSEEN_NAME}"] if unseen else [])])
-    return parse_pool(raw, f"{pool_file} ({label})" if label else str(pool_file))
-
-
-def with_unseen(pool_file: Path) -> Pool:
-    return pool_variant(pool_file, {}, unseen=True)
 
 
 def params_for(base: Params, c: Config, steps: int | None) -> Params:
@@ -168,7 +115,14 @@ def evaluate(params: Params, c: Config, pool: Pool, router: Path, out: Path) -> 
     return result
 
 
-def summary(c: Config, m: Mapping[str, Any], unseen_name: str) -> dict[str, Any]:
+def reward_optima(params: Params, pool: Pool, alphas: Sequence[float]) -> dict[float, Optimum]:
+    """The reward's best single model at each alpha on the training questions (bench/reward_optimum.py):
+    what each configuration's router should mostly call."""
+    outcomes, normalizer = training_outcomes(params, pool, read_questions(ROOT / params.build_dataset.out_dir, "train"))
+    return {a: optimum(outcomes, normalizer, a) for a in sorted(set(alphas))}
+
+
+def summary(c: Config, m: Mapping[str, Any], unseen_name: str, best: Optimum | None = None) -> dict[str, Any]:
     r = m["average"]["router"]
     b = m["router_behaviour"]
     return {"config": c.name, "seed": c.seed, "alpha": c.alpha, "unseen": c.unseen, "em": r["em"],
@@ -178,7 +132,9 @@ def summary(c: Config, m: Mapping[str, Any], unseen_name: str) -> dict[str, Any]
             "dominated_by": m["verdict"]["dominated_by"], "dominated_beyond_ci": m["verdict"]["dominated_beyond_ci"],
             "copy_fidelity": b["copy_fidelity"], "gold_in_reply": b["gold_in_reply"],
             "first_declined": b["first_declined"], "asked_other_model": b["asked_other_model"],
-            "em_after_decline": b["em_after_decline"], "reasked_same_model": b["reasked_same_model"]}
+            "em_after_decline": b["em_after_decline"], "reasked_same_model": b["reasked_same_model"],
+            "reward_best_model": best.best.policy if best else None,
+            "reward_best_margin": best.margin if best else None}
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -203,11 +159,17 @@ def _top_share(share: Mapping[str, float]) -> str:
     return f"{name.removesuffix('-Instruct')} {value:.2f}"
 
 
+def _best(row: Mapping[str, Any]) -> str:
+    name = row.get("reward_best_model")
+    return "-" if name is None else f"{name.removesuffix('-Instruct')} ({row['reward_best_margin']:.3f})"
+
+
 def report(rows: Sequence[Mapping[str, Any]], seeds_alpha: float, baselines: Mapping[str, Any],
            steps: int, seconds: float, unseen_baselines: Mapping[str, Any] | None = None,
            reprice: Mapping[str, float] | None = None) -> str:
     cols = ["config", "EM", "micro-USD/q", "calls/q", "fmt", "copy fidelity", "declined first",
-            "asked another", "EM after decline", "re-asked same", "dominated beyond CI", "top call share"]
+            "asked another", "EM after decline", "re-asked same", "dominated beyond CI", "top call share",
+            "reward's best model (ahead by)"]
     lines = [f"# Router quality ({steps} GRPO steps per router; {seconds / 60:.0f} min)", ""]
     if reprice:
         lines += ["Pool: pool.yaml with " + ", ".join(f"{n}'s prices x{f:g}" for n, f in reprice.items())
@@ -219,7 +181,7 @@ def report(rows: Sequence[Mapping[str, Any]], seeds_alpha: float, baselines: Map
             _fmt(row["format_valid"]), f"{_fmt(row['copy_fidelity'])} of {row['gold_in_reply']}",
             str(row["first_declined"]), _fmt(row["asked_other_model"]), _fmt(row["em_after_decline"]),
             _fmt(row["reasked_same_model"]), ", ".join(row["dominated_beyond_ci"]) or "none",
-            _top_share(row["call_share"])]) + " |")
+            _top_share(row["call_share"]), _best(row)]) + " |")
     seeds = [r for r in rows if r["alpha"] == seeds_alpha and not r["unseen"]]
     lines += ["", f"## Over {len(seeds)} seeds at alpha {seeds_alpha:g}: mean (min..max)", "",
               "| metric | value |", "|---|---|"]
@@ -295,18 +257,20 @@ def main() -> None:
     alpha = base.rewards.alpha
     steps = args.steps if args.steps is not None else base.train_router.local.grpo_steps
     t0 = time.time()
+    plan = configs(args.seeds, args.alphas, alpha, args.unseen)
+    optima = reward_optima(base, pool, [c.alpha for c in plan])
     rows: list[dict[str, Any]] = []
     warm: dict[int, Path] = {} if args.warm_start is None else {args.seeds[0]: args.warm_start}
     last: dict[str, Any] = {}
     unseen_metrics: dict[str, Any] = {}
-    for c in configs(args.seeds, args.alphas, alpha, args.unseen):
+    for c in plan:
         params = params_for(base, c, args.steps)
         print(f"== {c.name}", flush=True)
         router = train(params, c, pool, args.out, warm)
         warm.setdefault(c.seed, args.out / "checkpoints" / c.trains)
         m = evaluate(params, c, pool_variant(ROOT / "pool.yaml", reprice, unseen=True) if c.unseen else pool,
                      router, args.out)
-        rows.append(summary(c, m, UNSEEN_NAME))
+        rows.append(summary(c, m, UNSEEN_NAME, None if c.unseen else optima[c.alpha]))
         if not c.unseen:
             last = m
         else:

@@ -32,6 +32,16 @@ def rq(repo_root: Path) -> ModuleType:
 
 
 @pytest.fixture(scope="module")
+def pv(repo_root: Path) -> ModuleType:
+    return _load(repo_root, "pool_variants.py")
+
+
+@pytest.fixture(scope="module")
+def ro(repo_root: Path) -> ModuleType:
+    return _load(repo_root, "reward_optimum.py")
+
+
+@pytest.fixture(scope="module")
 def probes(repo_root: Path) -> ModuleType:
     return _load(repo_root, "router_probes.py")
 
@@ -54,26 +64,26 @@ def test_params_for_changes_seed_alpha_and_steps_only(rq, repo_root: Path) -> No
     assert rq.params_for(base, rq.Config("x", 0, 0.6), None).train_router.local == base.train_router.local
 
 
-def test_the_unseen_model_is_priced_and_described_but_never_recorded(rq, repo_root: Path, pool) -> None:
-    extended = rq.with_unseen(repo_root / "pool.yaml")
-    assert extended.names == (*pool.names, rq.UNSEEN_NAME)
-    new = extended.get(rq.UNSEEN_NAME)
+def test_the_unseen_model_is_priced_and_described_but_never_recorded(pv, repo_root: Path, pool) -> None:
+    extended = pv.with_unseen(repo_root / "pool.yaml")
+    assert extended.names == (*pool.names, pv.UNSEEN_NAME)
+    new = extended.get(pv.UNSEEN_NAME)
     assert new.price.output_usd_per_mtok == 0.18 and "72B" in new.descriptor
     assert new.replay is not None and new.replay.matrix_model is None  # its replies follow its prior only
     assert extended.snapshot_id != pool.snapshot_id
 
 
-def test_a_repriced_pool_multiplies_those_prices_only(rq, repo_root: Path, pool) -> None:
+def test_a_repriced_pool_multiplies_those_prices_only(pv, repo_root: Path, pool) -> None:
     name = "Mixtral-8x22B-Instruct"
-    repriced = rq.pool_variant(repo_root / "pool.yaml", {name: 5.0})
+    repriced = pv.pool_variant(repo_root / "pool.yaml", {name: 5.0})
     assert repriced.names == pool.names and repriced.snapshot_id != pool.snapshot_id
     for c in pool:
         factor = 5.0 if c.name == name else 1.0
         got = repriced.get(c.name).price
         assert (got.input_usd_per_mtok, got.output_usd_per_mtok) == pytest.approx(
             (c.price.input_usd_per_mtok * factor, c.price.output_usd_per_mtok * factor))
-    both = rq.pool_variant(repo_root / "pool.yaml", {name: 5.0}, unseen=True)
-    assert both.names == (*pool.names, rq.UNSEEN_NAME) and both.get(name).price == repriced.get(name).price
+    both = pv.pool_variant(repo_root / "pool.yaml", {name: 5.0}, unseen=True)
+    assert both.names == (*pool.names, pv.UNSEEN_NAME) and both.get(name).price == repriced.get(name).price
 
 
 @pytest.mark.parametrize(("items", "error"), [
@@ -87,15 +97,15 @@ def test_a_repriced_pool_multiplies_those_prices_only(rq, repo_root: Path, pool)
     (["A=inf"], "--reprice 'A=inf': factor must be a positive finite number"),
     (["A=nan"], "--reprice 'A=nan': factor must be a positive finite number"),
 ])
-def test_malformed_reprice_items_are_refused(rq, items, error) -> None:
+def test_malformed_reprice_items_are_refused(pv, items, error) -> None:
     with pytest.raises(ValueError) as info:
-        rq.parse_reprice(items, ["A", "B"])
+        pv.parse_reprice(items, ["A", "B"])
     assert str(info.value) == error
 
 
-def test_reprice_items_parse_to_factors(rq) -> None:
-    assert rq.parse_reprice(["A=5", "B=0.5"], ["A", "B"]) == {"A": 5.0, "B": 0.5}
-    assert rq.parse_reprice([], ["A"]) == {}
+def test_reprice_items_parse_to_factors(pv) -> None:
+    assert pv.parse_reprice(["A=5", "B=0.5"], ["A", "B"]) == {"A": 5.0, "B": 0.5}
+    assert pv.parse_reprice([], ["A"]) == {}
 
 
 def _row(name: str, seed: int, alpha: float, em: float, beaten: list[str], unseen: bool = False) -> dict:
@@ -121,6 +131,27 @@ def test_the_report_gives_mean_and_range_over_seeds_and_who_dominates(rq) -> Non
     text = rq.report(shares, 0.6, baselines, 60, 120.0, None, {"Mixtral-8x22B-Instruct": 5.0})
     assert "Pool: pool.yaml with Mixtral-8x22B-Instruct's prices x5 (training and evaluation)." in text
     assert text.count("| Mixtral-8x22B 0.70 |") == 4
+    best = [{**r, "reward_best_model": "Mixtral-8x22B-Instruct", "reward_best_margin": 0.057} for r in shares]
+    assert rq.report(best, 0.6, baselines, 60, 120.0).count("| Mixtral-8x22B 0.70 | Mixtral-8x22B (0.057) |") == 4
+
+
+def _optimum(alpha: float, best: str, reward: float, margin: float):
+    from routerops.reward_optimum import ORACLE, Optimum, PolicyValue
+
+    return Optimum(alpha, PolicyValue(best, alpha, reward, 0.3, 20e-6),
+                   PolicyValue("Other-Instruct", alpha, reward - margin, 0.2, 5e-6), PolicyValue(ORACLE, alpha, 0.4, 0.45, 9e-6))
+
+
+def test_the_reward_optimum_table_names_where_the_best_model_changes(ro) -> None:
+    same = [_optimum(0.0, "Mixtral-8x22B-Instruct", 0.299, 0.034), _optimum(0.6, "Mixtral-8x22B-Instruct", 0.236, 0.057)]
+    text = ro.report(same, "pool.yaml", 1000)
+    assert "| 0.6 | Mixtral-8x22B | 0.236 | 0.057 | Other | 0.300 | 20.0 | 0.400 |" in text
+    assert "over the 1000 training questions" in text
+    assert "The best model changes: never (one point is all an alpha sweep can reach)." in text
+    moved = [*same, _optimum(0.9, "Gemma-2-27B-Instruct", 0.14, 0.009)]
+    assert ("The best model changes: Mixtral-8x22B -> Gemma-2-27B between alpha 0.6 and 0.9."
+            in ro.report(moved, "pool.yaml, Mixtral-8x22B-Instruct x5", 1000))
+    assert ro.to_json(moved, {"Mixtral-8x22B-Instruct": 5.0})["rows"][2]["best"]["policy"] == "Gemma-2-27B-Instruct"
 
 
 def test_the_probes_count_every_sampled_turn_and_every_copy(probes, repo_root: Path, pool) -> None:
