@@ -1,7 +1,11 @@
-"""Probes of a local router: what it does after a decline, and how exactly it copies.
+"""Probes of a local router: where its first call goes, what it does after a decline, and how
+exactly it copies.
 
-Two measurements on one policy directory (the trained router, or a checkpoint's `sft` warm start):
+Three measurements on one policy directory (the trained router, or a checkpoint's `sft` warm start):
 
+0. **First call.** The share of sampled first turns (GRPO's sampling settings) naming each
+   candidate, answering at once, or invalid: on a warm start, where RL starts from (GRPO locks
+   onto one model within ~20 steps, so the start's shares matter); on a router, where it ended.
 1. **After a decline.** For each candidate X, on training prompts: the policy asked X and X
    declined. The table gives, per X, the share of sampled next turns (temperature 1) that ask
    each candidate, answer, or are invalid; a router that re-asks X shows a large diagonal, one that
@@ -49,6 +53,32 @@ from routerops.training.tiny_policy import load_policy
 _BUCKETS = ((1, 1), (2, 2), (3, 3), (4, 4), (5, 6), (7, 9), (10, 15))
 
 
+def _sampled_turns(model: CausalLM, tok: PreTrainedTokenizerFast, prefix: list[int], pool: Pool, samples: int,
+                   top_p: float = 1.0) -> Counter[str]:
+    """What `samples` turns sampled at temperature 1 after `prefix` do: a model's name, `answer`,
+    or `other` (an invalid or unknown route)."""
+    counts: Counter[str] = Counter()
+    ids = torch.tensor([prefix] * samples)
+    with torch.no_grad():
+        gen, _ = hf_generate(model, tok, ids, torch.ones_like(ids), max_new_tokens=48, greedy=False,
+                             temperature=1.0, top_p=top_p, stop=(), pad_token_id=tok.pad_token_id)
+    for row in gen:
+        action = parse_turn(decode_text(tok, row.tolist()), pool)
+        counts[action.model if isinstance(action, Route) else "answer" if isinstance(action, Answer)
+               else "other"] += 1
+    return counts
+
+
+def first_calls(model: CausalLM, tok: PreTrainedTokenizerFast, prompts: list[list[int]], pool: Pool, samples: int,
+                top_p: float) -> Counter[str]:
+    """The first turn over `samples` samples per prompt, at GRPO's sampling settings: where RL starts
+    from (a warm start's choices) or where it ended (a router's)."""
+    counts: Counter[str] = Counter()
+    for prompt in prompts:
+        counts += _sampled_turns(model, tok, prompt, pool, samples, top_p)
+    return counts
+
+
 def after_decline(model: CausalLM, tok: PreTrainedTokenizerFast, prompts: list[list[int]], pool: Pool, samples: int
                   ) -> dict[str, Counter[str]]:
     """Per declined model: what the policy's next turn does, over `samples` sampled turns per
@@ -59,14 +89,7 @@ def after_decline(model: CausalLM, tok: PreTrainedTokenizerFast, prompts: list[l
         for i, prompt in enumerate(prompts):
             decline = DECLINE_TEMPLATES[i % len(DECLINE_TEMPLATES)]
             text = search_turn(first, DELEGATE_QUERY) + render_observation(decline)
-            ids = torch.tensor([prompt + tok.encode(text, add_special_tokens=False)] * samples)
-            with torch.no_grad():
-                gen, _ = hf_generate(model, tok, ids, torch.ones_like(ids), max_new_tokens=48, greedy=False,
-                                     temperature=1.0, top_p=1.0, stop=(), pad_token_id=tok.pad_token_id)
-            for row in gen:
-                action = parse_turn(decode_text(tok, row.tolist()), pool)
-                counts[action.model if isinstance(action, Route) else "answer" if isinstance(action, Answer)
-                       else "other"] += 1
+            counts += _sampled_turns(model, tok, prompt + tok.encode(text, add_special_tokens=False), pool, samples)
         table[first] = counts
     return table
 
@@ -133,9 +156,16 @@ def main() -> None:
         return encode_prompt(question, pool, tok, params)
 
     prompts = [prompt_of(q.text) for q in rng.sample(train, min(args.prompts, len(train)))]
-    table = after_decline(model, tok, prompts, pool, args.samples)
     short = {n: n.removesuffix("-Instruct") for n in names}
     cols = [*names, "answer", "other"]
+    opening = first_calls(model, tok, prompts, pool, args.samples, params.train_router.local.top_p)
+    n_first = sum(opening.values())
+    print(f"## First turn: {args.samples} samples on each of {len(prompts)} training prompts "
+          f"(temperature 1, top-p {params.train_router.local.top_p:g})\n")
+    print("| " + " | ".join(short.get(c, c) for c in cols) + " |")
+    print("|" + "---|" * len(cols))
+    print("| " + " | ".join(f"{opening[c] / n_first:.2f}" for c in cols) + " |\n")
+    table = after_decline(model, tok, prompts, pool, args.samples)
     print(f"## After a decline: the next turn, {args.samples} samples on each of {len(prompts)} training prompts\n")
     print("| declined | " + " | ".join(short.get(c, c) for c in cols) + " | same model |")
     print("|---|" + "---|" * (len(cols) + 1))

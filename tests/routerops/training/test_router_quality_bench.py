@@ -165,6 +165,8 @@ def test_the_probes_count_every_sampled_turn_and_every_copy(probes, repo_root: P
     assert list(table) == list(pool.names)
     for counts in table.values():
         assert sum(counts.values()) == 6 and set(counts) <= {*pool.names, "answer", "other"}
+    opening = probes.first_calls(model, tok, prompts, pool, 4, 0.95)
+    assert sum(opening.values()) == 8 and set(opening) <= {*pool.names, "answer", "other"}
     answers = [(questions[0], "Paris"), (questions[1], "George VI")]
     by_len = probes.copies(model, tok, lambda q: encode_prompt(q, pool, tok, params), answers, list(pool.names),
                            random.Random(0))
