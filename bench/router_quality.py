@@ -18,6 +18,10 @@ configuration:
   not depend on prices (its traces pick models at random), so `--warm-start` may reuse one trained
   on pool.yaml.
 
+Beside each router's top call share the table gives the reward's best single model at that
+configuration's alpha and pool, and how far it leads the next (bench/reward_optimum.py, on the
+training questions): the model a router trained at that alpha should mostly call.
+
 Writes `<out>/results.json`, `<out>/report.md` (the tables) and `<out>/pareto.png` (every router
 point over the baselines). Each configuration trains in its own checkpoint folder and writes its
 evaluation last, so a killed bench resumes where it stopped and skips what is done.
