@@ -93,11 +93,12 @@ def params_for(base: Params, c: Config, steps: int | None) -> Params:
 
 
 def train(params: Params, c: Config, pool: Pool, out: Path, done: Mapping[int, Path]) -> Path:
-    """Train `c`'s router (resuming its checkpoints; the seed's warm start reused); its directory."""
-    router = out / "routers" / c.name
+    """Train `c`'s router (resuming its checkpoints; the seed's warm start reused); its directory.
+    An unseen-model configuration gets the router of the configuration it evaluates, trained once."""
+    router = out / "routers" / c.trains
     if (router / "routerops.json").is_file():
         return router
-    ckpt = out / "checkpoints" / c.name
+    ckpt = out / "checkpoints" / c.trains
     inputs = train_router.Inputs(pool, ROOT / params.build_dataset.out_dir, ROOT / params.build_dataset.raw_dir,
                                  ckpt, ROOT)
     resumable = train_router.prepare_checkpoints(ckpt, train_router.fingerprint(params, inputs))
@@ -105,7 +106,8 @@ def train(params: Params, c: Config, pool: Pool, out: Path, done: Mapping[int, P
     if not resumable and warm is not None and (warm / "sft" / "_COMPLETE").is_file():
         shutil.copytree(warm / "sft", ckpt / "sft")  # the warm start does not depend on alpha
     result = train_router.run(params, inputs)
-    train_router.write(result, router, out / "train" / c.name / "train.json", out / "train" / c.name / "history.csv")
+    logs = out / "train" / c.trains
+    train_router.write(result, router, logs / "train.json", logs / "history.csv")
     return router
 
 

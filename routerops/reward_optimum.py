@@ -123,9 +123,10 @@ def replay_outcomes(pool: Pool, questions: Sequence[QuestionInfo], replay: Repla
     length for the question). A router's own sub-question draws another +/-25 % length jitter
     around the same mean, so its cost per call differs from these by that jitter, not on average."""
     out = []
+    # Words of the candidate's message stand in for its prompt tokens, as the replay pool counts them.
+    prompt = [sum(len(m["content"].split()) for m in candidate_messages(q.text)) for q in questions]
     for c in pool:
         correct = tuple(replay.correct(c, q)[0] for q in questions)
-        prompt = [sum(len(m["content"].split()) for m in candidate_messages(q.text)) for q in questions]
         usd = tuple(c.cost_usd(replay.completion_tokens(c, q, q.text), p, include_prompt)
                     for q, p in zip(questions, prompt, strict=True))
         out.append(ModelOutcomes(c.name, correct, usd))

@@ -55,6 +55,16 @@ def test_the_plan_is_the_seeds_then_the_other_alphas_then_the_unseen_model(rq) -
     assert [c.name for c in rq.configs([0], [], 0.6, unseen=False)] == ["seed0-alpha0.6"]
 
 
+def test_an_unseen_model_configuration_reuses_the_router_it_evaluates(rq, repo_root: Path, pool, tmp_path: Path) -> None:
+    trained = tmp_path / "routers" / "seed0-alpha0.6"
+    trained.mkdir(parents=True)
+    (trained / "routerops.json").write_text("{}")
+    unseen = rq.Config("seed0-alpha0.6-unseen", 0, 0.6, unseen=True)
+    # A finished router is returned as is: nothing is trained, no checkpoint folder is made.
+    assert rq.train(load_params(repo_root / "params.yaml"), unseen, pool, tmp_path, {}) == trained
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_params_for_changes_seed_alpha_and_steps_only(rq, repo_root: Path) -> None:
     base = load_params(repo_root / "params.yaml")
     p = rq.params_for(base, rq.Config("x", 5, 0.9), 7)
