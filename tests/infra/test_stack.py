@@ -89,8 +89,17 @@ def test_down_stops_both_and_is_idempotent(stack: Stack) -> None:
 
 
 def test_a_process_that_never_gets_healthy_is_killed_with_its_log(tmp_path: Path) -> None:
-    p = ManagedProcess("sleeper", tmp_path, ["python3", "-c", "print('booting'); import time; time.sleep(60)"],
-                       lambda: False)
+    def booted_but_never_healthy() -> bool:
+        # Not healthy, ever; but first wait (at most 60 s) until the child has written its line,
+        # so that how slowly a loaded machine starts Python cannot empty the log the error quotes.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (p.log_file.is_file() and "booting" in p.log_file.read_text()):
+            time.sleep(0.05)
+        return False
+
+    p = ManagedProcess("sleeper", tmp_path,
+                       ["python3", "-c", "print('booting', flush=True); import time; time.sleep(60)"],
+                       booted_but_never_healthy)
     with pytest.raises(ProcessError, match=r"^sleeper: not healthy within 2 s \(exit -9\)\. Log .*sleeper\.log:\n"
                                            r"booting$"):
         p.start(timeout_s=2)
