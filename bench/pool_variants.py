@@ -4,6 +4,7 @@ router was never trained with (given by name, descriptor and price only)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -12,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from routerops.pool import Pool, parse_pool
+from routerops.pool import Pool, load_pool, parse_pool
 
 # The unseen candidate: priced like the cheapest 8B model, described as strong at recall; its
 # replayed answers follow the prior accuracies below (LLaMA-3.1-70B's), so its descriptor and
@@ -68,3 +69,13 @@ def pool_variant(pool_file: Path, reprice: Mapping[str, float], unseen: bool = F
 
 def with_unseen(pool_file: Path) -> Pool:
     return pool_variant(pool_file, {}, unseen=True)
+
+
+def repriced_pool(ap: argparse.ArgumentParser, items: Sequence[str], pool_file: Path) -> tuple[dict[str, float], Pool]:
+    """`--reprice` items parsed against `pool_file`'s candidates (a malformed one ends the command
+    with its error) and the pool they give."""
+    try:
+        reprice = parse_reprice(items, load_pool(pool_file).names)
+    except ValueError as exc:
+        ap.error(str(exc))
+    return reprice, pool_variant(pool_file, reprice)

@@ -26,14 +26,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, without installing
 
-from bench.pool_variants import parse_reprice, pool_variant
+from bench.pool_variants import repriced_pool
 from routerops.candidates.types import QuestionInfo
 from routerops.config import Params, load_params
 from routerops.cost_calibration import training_calibration
 from routerops.io import write_json_atomic, write_text_atomic
 from routerops.paths import project_root
-from routerops.pool import Pool, load_pool
-from routerops.reward_optimum import ORACLE, ModelOutcomes, Optimum, optimum, policy_values, replay_outcomes
+from routerops.pool import Pool
+from routerops.reward_optimum import ORACLE, ModelOutcomes, Optimum, optimum_of, policy_values, replay_outcomes
 from routerops.rewards import FrozenBoundsNormalizer
 from routerops.rl_dataset import read_questions
 from routerops.runtime import replay_pool
@@ -56,10 +56,13 @@ def optima(params: Params, pool: Pool, questions: Sequence[QuestionInfo],
     """The optimum at each alpha, and each policy's reward at each alpha (for the plot)."""
     outcomes, normalizer = training_outcomes(params, pool, questions)
     curves: dict[str, list[float]] = {}
+    rows = []
     for a in alphas:
-        for v in policy_values(outcomes, normalizer, a):
+        values = policy_values(outcomes, normalizer, a)
+        rows.append(optimum_of(values))
+        for v in values:
             curves.setdefault(v.policy, []).append(v.reward)
-    return [optimum(outcomes, normalizer, a) for a in alphas], curves
+    return rows, curves
 
 
 def _short(name: str) -> str:
@@ -123,11 +126,7 @@ def main() -> None:
     if any(not 0.0 <= a <= 1.0 for a in args.alphas):
         ap.error(f"--alphas must lie in [0, 1], got {args.alphas}")
     params = load_params(ROOT / "params.yaml")
-    try:
-        reprice = parse_reprice(args.reprice, load_pool(ROOT / "pool.yaml").names)
-    except ValueError as exc:
-        ap.error(str(exc))
-    pool = pool_variant(ROOT / "pool.yaml", reprice)
+    reprice, pool = repriced_pool(ap, args.reprice, ROOT / "pool.yaml")
     label = "pool.yaml" + ("".join(f", {n} x{f:g}" for n, f in reprice.items()) if reprice else "")
     try:
         questions = read_questions(ROOT / params.build_dataset.out_dir, "train")

@@ -49,12 +49,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, without installing
 
-from bench.pool_variants import UNSEEN_NAME, parse_reprice, pool_variant
+from bench.pool_variants import UNSEEN_NAME, pool_variant, repriced_pool
 from bench.reward_optimum import training_outcomes
 from routerops.config import Params, load_params
 from routerops.io import write_json_atomic, write_text_atomic
 from routerops.paths import project_root
-from routerops.pool import Pool, load_pool
+from routerops.pool import Pool
 from routerops.report import pareto_figure
 from routerops.reward_optimum import Optimum, optimum
 from routerops.rl_dataset import read_questions
@@ -255,11 +255,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / ".routerops" / "bench" / "router_quality")
     args = ap.parse_args()
     base = load_params(ROOT / "params.yaml")
-    try:
-        reprice = parse_reprice(args.reprice, load_pool(ROOT / "pool.yaml").names)
-    except ValueError as exc:
-        ap.error(str(exc))
-    pool = pool_variant(ROOT / "pool.yaml", reprice)
+    reprice, pool = repriced_pool(ap, args.reprice, ROOT / "pool.yaml")
     alpha = base.rewards.alpha
     steps = args.steps if args.steps is not None else base.train_router.local.grpo_steps
     t0 = time.time()

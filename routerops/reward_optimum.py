@@ -26,7 +26,8 @@ from routerops.candidates.types import QuestionInfo, candidate_messages
 from routerops.pool import Pool
 from routerops.rewards import FrozenBoundsNormalizer, combine
 
-__all__ = ["ORACLE", "ModelOutcomes", "Optimum", "PolicyValue", "optimum", "policy_values", "replay_outcomes"]
+__all__ = ["ORACLE", "ModelOutcomes", "Optimum", "PolicyValue", "optimum", "optimum_of", "policy_values",
+           "replay_outcomes"]
 
 ORACLE = "per-question oracle"
 
@@ -111,9 +112,13 @@ def policy_values(outcomes: Sequence[ModelOutcomes], normalizer: FrozenBoundsNor
 
 
 def optimum(outcomes: Sequence[ModelOutcomes], normalizer: FrozenBoundsNormalizer, alpha: float) -> Optimum:
-    values = policy_values(outcomes, normalizer, alpha)
+    return optimum_of(policy_values(outcomes, normalizer, alpha))
+
+
+def optimum_of(values: Sequence[PolicyValue]) -> Optimum:
+    """The optimum in `policy_values`' output (best first, the oracle last)."""
     singles, oracle = values[:-1], values[-1]
-    return Optimum(alpha, singles[0], singles[1] if len(singles) > 1 else None, oracle)
+    return Optimum(oracle.alpha, singles[0], singles[1] if len(singles) > 1 else None, oracle)
 
 
 def replay_outcomes(pool: Pool, questions: Sequence[QuestionInfo], replay: ReplayPool,
