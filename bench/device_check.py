@@ -345,7 +345,7 @@ def _math_on(device: torch.device, x: dict[str, Any], clip_ratio: float) -> dict
         return t.to(device)
 
     mask = to("mask")
-    advantages = rl_math.grpo_advantages(to("rewards"), mask, x["index"])
+    advantages = rl_math.grpo_advantages(to("rewards"), mask, x["index"], norm_by_std=True)
     new = to("new").requires_grad_()
     pg, pg_metrics = rl_math.policy_loss(to("old"), new, advantages, mask, clip_ratio)
     kl = rl_math.kl_loss(new, to("ref"), mask)

@@ -31,7 +31,7 @@ Usage: python bench/router_quality.py [--seeds 0 1 2] [--alphas 0 0.6 0.9] [--un
 Needs the dataset stage's output (artifacts/dataset) and data/ (`make demo` builds both). About
 7 minutes per seed (warm start 5, GRPO 2) and 2.5 per extra alpha on an idle 2-core machine;
 `--warm-start checkpoints/train_router` reuses the demo's warm start for the first seed, which then
-trains exactly the demo's router (the trainer reseeds before GRPO).
+trains exactly the demo's router (the trainer reseeds before GRPO); more folders serve the next seeds.
 """
 
 from __future__ import annotations
@@ -82,6 +82,16 @@ def configs(seeds: Sequence[int], alphas: Sequence[float], alpha: float, unseen:
     if unseen:
         out.append(Config(f"seed{seeds[0]}-alpha{alpha:g}-unseen", seeds[0], alpha, unseen=True))
     return out
+
+
+def warm_starts(seeds: Sequence[int], folders: Sequence[Path]) -> dict[int, Path]:
+    """The seed each `--warm-start` folder serves, in `--seeds` order; seeds left over train their own."""
+    if len(folders) > len(seeds):
+        raise ValueError(f"{len(folders)} warm-start folders for {len(seeds)} seeds")
+    missing = [str(f) for f in folders if not (f / "sft" / "_COMPLETE").is_file()]
+    if missing:
+        raise ValueError(f"no complete warm start (sft/_COMPLETE) in {', '.join(missing)}")
+    return dict(zip(seeds, folders, strict=False))
 
 
 def params_for(base: Params, c: Config, steps: int | None) -> Params:
@@ -247,13 +257,17 @@ def main() -> None:
     ap.add_argument("--alphas", type=float, nargs="*", default=[0.0, 0.6, 0.9])
     ap.add_argument("--unseen", action="store_true", help="also evaluate the first seed's router with an unseen model")
     ap.add_argument("--steps", type=int, default=None, help="GRPO steps (default: params)")
-    ap.add_argument("--warm-start", type=Path, default=None,
-                    help="a checkpoint folder whose sft/ warm start the first seed reuses (e.g. the demo's "
-                         "checkpoints/train_router, when only GRPO or reward settings differ from it)")
+    ap.add_argument("--warm-start", type=Path, nargs="+", default=[],
+                    help="checkpoint folders whose sft/ warm starts the seeds reuse, in --seeds order (e.g. the "
+                         "demo's checkpoints/train_router for seed 0, when only GRPO or reward settings differ)")
     ap.add_argument("--reprice", action="append", default=[], metavar="NAME=FACTOR",
                     help="multiply a candidate's prices for every configuration (repeatable)")
     ap.add_argument("--out", type=Path, default=ROOT / ".routerops" / "bench" / "router_quality")
     args = ap.parse_args()
+    try:
+        warm = warm_starts(args.seeds, args.warm_start)
+    except ValueError as exc:
+        ap.error(f"--warm-start: {exc}")
     base = load_params(ROOT / "params.yaml")
     reprice, pool = repriced_pool(ap, args.reprice, ROOT / "pool.yaml")
     alpha = base.rewards.alpha
@@ -262,7 +276,6 @@ def main() -> None:
     plan = configs(args.seeds, args.alphas, alpha, args.unseen)
     optima = reward_optima(base, pool, [c.alpha for c in plan])
     rows: list[dict[str, Any]] = []
-    warm: dict[int, Path] = {} if args.warm_start is None else {args.seeds[0]: args.warm_start}
     last: dict[str, Any] = {}
     unseen_metrics: dict[str, Any] = {}
     for c in plan:

@@ -230,6 +230,7 @@ class LocalTrainParams(_Section):
     drill_batch_size: int = Field(ge=1)
     drill_lr: float = Field(gt=0)
     drill_real_share: float = Field(ge=0, le=1)
+    drill_repeat_share: float = Field(ge=0, le=1)
     context_drills: int = Field(ge=0)
     context_drill_tokens: int = Field(ge=32)
     warmup_steps: int = Field(ge=0)
@@ -242,6 +243,7 @@ class LocalTrainParams(_Section):
     group_size: int = Field(ge=2)
     grpo_lr: float = Field(gt=0)
     kl_coef: float = Field(ge=0)
+    norm_adv_by_std: bool
     clip_ratio: float = Field(gt=0, lt=1)
     grpo_drills_per_step: int = Field(ge=0)
     grpo_drill_coef: float = Field(ge=0)
@@ -272,6 +274,7 @@ class VerlTrainParams(_Section):
     actor_lr: float = Field(gt=0)
     critic_lr: float = Field(gt=0)
     kl_coef: float = Field(ge=0)
+    norm_adv_by_std: bool
     total_training_steps: int = Field(ge=1)
     gamma: float = Field(ge=0, le=1)
     lam: float = Field(ge=0, le=1)

@@ -130,7 +130,7 @@ def build_overrides(params: Params, *, train_file: str | os.PathLike[str], val_f
     if grpo:
         o += [
             _ov("algorithm.adv_estimator", "grpo"),
-            _ov("algorithm.norm_adv_by_std_in_grpo", True),
+            _ov("algorithm.norm_adv_by_std_in_grpo", v.norm_adv_by_std),
             _ov("algorithm.use_kl_in_reward", False),
             _ov("actor_rollout_ref.actor.use_kl_loss", True),
             _ov("actor_rollout_ref.actor.kl_loss_coef", v.kl_coef),

@@ -32,15 +32,18 @@ class _PolicyLossConfig:
         return getattr(self, key, default)
 
 
-def grpo_advantages(token_level_rewards: Tensor, response_mask: Tensor, index: np.ndarray[Any, Any]) -> Tensor:
-    """Group-relative outcome advantages: verl's compute_grpo_outcome_advantage (std-normalised);
-    `index` holds each row's group id (its question)."""
+def grpo_advantages(token_level_rewards: Tensor, response_mask: Tensor, index: np.ndarray[Any, Any], *,
+                    norm_by_std: bool) -> Tensor:
+    """Group-relative outcome advantages: verl's compute_grpo_outcome_advantage, each reward less
+    its group's mean and, with `norm_by_std`, divided by the group's standard deviation (GRPO as
+    published; without it Dr. GRPO's unbiased form); `index` holds each row's group id (its
+    question)."""
     from verl.trainer.ppo import core_algos
 
     advantages: Tensor
     advantages, _ = core_algos.compute_grpo_outcome_advantage(
         token_level_rewards=token_level_rewards, response_mask=response_mask, index=index,
-        norm_adv_by_std_in_grpo=True)
+        norm_adv_by_std_in_grpo=norm_by_std)
     return advantages
 
 

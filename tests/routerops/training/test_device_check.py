@@ -191,7 +191,8 @@ def test_the_ray_placeholder_lets_verl_import_without_ray(repo_root: Path) -> No
         import torch
         from routerops.training.verl import rl_math
         m = torch.ones(2, 3)
-        adv = rl_math.grpo_advantages(torch.tensor([[0.0, 0, 1], [0, 0, 0]]), m, __import__("numpy").array(["a", "a"]))
+        adv = rl_math.grpo_advantages(torch.tensor([[0.0, 0, 1], [0, 0, 0]]), m, __import__("numpy").array(["a", "a"]),
+                                        norm_by_std=True)
         assert torch.allclose(adv, torch.tensor([[0.7071] * 3, [-0.7071] * 3]), atol=1e-4), adv
         assert float(rl_math.kl_loss(m, m, m)) == 0.0
         print("verl imported:", "verl.trainer.ppo.core_algos" in sys.modules)

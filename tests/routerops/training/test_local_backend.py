@@ -45,6 +45,34 @@ def test_copy_drills_copy_the_reply_and_are_mostly_synthetic(trainer, tok) -> No
     assert trainer.copy_drills(tok, 50) == drills[:50]  # deterministic in the seed
 
 
+# A run of one character (`1444`, `Puzzle`, `505,555`; a comma may split a digit run) or a word
+# whose first letters come again in the next word (`Bora Bora`, `Fa Faisla`).
+_REPEAT = re.compile(r"(\w),?\1|\b(\w+)\W+\2")
+
+
+def test_repeat_answers_hold_a_repeated_piece_and_make_their_share_of_synthetic_drills(trainer) -> None:
+    import random
+
+    rng = random.Random(0)
+    repeats = [trainer._repeat_answer(rng) for _ in range(300)]
+    assert all(_REPEAT.search(a) for a in repeats), [a for a in repeats if not _REPEAT.search(a)]
+    assert len(set(repeats)) > 250  # made up afresh, not drawn from a short list
+    assert sum(a.replace(",", "").isdigit() for a in repeats) > 60  # numbers, ~40 %
+    # With drill_repeat_share 1 every synthetic answer is one of them; with 0 fewer hold a
+    # repeated piece than at params' 0.25 (the other kinds repeat a character now and then).
+    real = {a for q in QUESTIONS for a in q.golden_answers}
+    tp = trainer.params.train_router
+    rates = []
+    for share in (0.0, 0.25, 1.0):
+        params = trainer.params.model_copy(update={"train_router": tp.model_copy(update={
+            "local": tp.local.model_copy(update={"drill_repeat_share": share})})})
+        other = LocalTrainer(params, trainer.pool, QUESTIONS, ReplayPool(None), trainer.ckpt_dir)
+        rng = random.Random(1)
+        synthetic = [a for a in (other._drill_answer(rng) for _ in range(600)) if a not in real]
+        rates.append(sum(bool(_REPEAT.search(a)) for a in synthetic) / len(synthetic))
+    assert rates[0] + 0.1 < rates[1] < rates[2] == 1.0
+
+
 def _spans(mask: list[int]) -> list[tuple[int, int]]:
     spans, i = [], 0
     while i < len(mask):
@@ -144,3 +172,29 @@ def test_retry_drills_ask_the_next_listed_model_after_a_decline(trainer, tok) ->
 ])
 def test_lr_factor(step: int, decay: bool, factor: float) -> None:
     assert _lr_factor(100, 10, decay)(step) == pytest.approx(factor)
+
+
+
+def test_lm_loss_is_the_mean_cross_entropy_over_the_masked_tokens(trainer, tok) -> None:
+    import torch
+
+    from routerops.training.local_backend import _lm_loss, _pack
+    from routerops.training.tiny_policy import build_model
+
+    model = build_model(trainer.lp, len(tok), tok.eos_token_id, 0)
+    batch = [([], ids, mask) for ids, mask in trainer.context_drills(tok, 4)]
+    batch += [(h, t, [1] * len(t)) for h, t in trainer.copy_drills(tok, 4)]
+    ids, attn, loss_mask = _pack([b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch],
+                                 tok.pad_token_id)
+    # The reference: logits at every position, the loss averaged over the masked next tokens.
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+    where = loss_mask[:, 1:].bool()
+    expected = torch.nn.functional.cross_entropy(logits[where], ids[:, 1:][where])
+    got = _lm_loss(model, batch, tok.pad_token_id)
+    assert torch.allclose(got, expected, atol=1e-5)
+    got.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    # No loss token at all: zero, and backward still runs.
+    none = _lm_loss(model, [([], batch[0][1], [0] * len(batch[0][1]))], tok.pad_token_id)
+    assert float(none.detach()) == 0.0
+    none.backward()

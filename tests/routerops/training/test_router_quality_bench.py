@@ -55,6 +55,20 @@ def test_the_plan_is_the_seeds_then_the_other_alphas_then_the_unseen_model(rq) -
     assert [c.name for c in rq.configs([0], [], 0.6, unseen=False)] == ["seed0-alpha0.6"]
 
 
+def test_warm_start_folders_serve_the_seeds_in_order(rq, tmp_path: Path) -> None:
+    a, b, empty = tmp_path / "a", tmp_path / "b", tmp_path / "empty"
+    for f in (a, b):
+        (f / "sft").mkdir(parents=True)
+        (f / "sft" / "_COMPLETE").touch()
+    empty.mkdir()
+    assert rq.warm_starts([2, 0, 1], [a, b]) == {2: a, 0: b}  # seed 1 trains its own
+    assert rq.warm_starts([0], []) == {}
+    with pytest.raises(ValueError, match=r"^2 warm-start folders for 1 seeds$"):
+        rq.warm_starts([0], [a, b])
+    with pytest.raises(ValueError, match=r"^no complete warm start \(sft/_COMPLETE\) in .*empty$"):
+        rq.warm_starts([0, 1], [a, empty])
+
+
 def test_an_unseen_model_configuration_reuses_the_router_it_evaluates(rq, repo_root: Path, pool, tmp_path: Path) -> None:
     trained = tmp_path / "routers" / "seed0-alpha0.6"
     trained.mkdir(parents=True)

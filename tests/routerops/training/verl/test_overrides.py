@@ -25,13 +25,14 @@ def test_hydra_values(value: Any, expected: str) -> None:
 
 def test_overrides_are_generated_from_params(tmp_path: Path, write_params: Callable[..., Path],
                                              with_verl: Callable[..., Params]) -> None:
-    params = load_params(write_params(tmp_path / "p.yaml", kl_coef=0.004, group_size=7, actor_lr=3.0e-6))
+    params = load_params(write_params(tmp_path / "p.yaml", kl_coef=0.004, group_size=7, actor_lr=3.0e-6,
+                                      norm_adv_by_std=False))
     ov = build_overrides(params, train_file=tmp_path / "ds" / "train.parquet", val_file=tmp_path / "ds" / "val.parquet",
                          out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ck", params_path=tmp_path / "p.yaml")
     d = dict(o.split("=", 1) for o in ov)
     assert d["algorithm.adv_estimator"] == "grpo" and d["actor_rollout_ref.actor.use_kl_loss"] == "true"
     assert d["actor_rollout_ref.actor.kl_loss_coef"] == "0.004" and d["actor_rollout_ref.rollout.n"] == "7"
-    assert d["actor_rollout_ref.actor.optim.lr"] == "3e-06"
+    assert d["actor_rollout_ref.actor.optim.lr"] == "3e-06" and d["algorithm.norm_adv_by_std_in_grpo"] == "false"
     assert d["data.max_prompt_length"] == str(params.rollout.max_prompt_tokens)
     assert d["data.train_files"] == str((tmp_path / "ds" / "train.parquet").resolve())
     assert d["data.val_files"] == str((tmp_path / "ds" / "val.parquet").resolve())

@@ -19,7 +19,7 @@ def test_grpo_advantages_are_group_relative_and_masked() -> None:
     rewards = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.5, 0.0]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=torch.float32)
     index = np.array(["a", "a", "b", "b", "c"], dtype=object)
-    adv = rl_math.grpo_advantages(rewards.clone(), mask, index)
+    adv = rl_math.grpo_advantages(rewards.clone(), mask, index, norm_by_std=True)
 
     spread = 0.5 / math.sqrt(0.5)  # (1 - 0.5) / std([1, 0]) (unbiased std, as torch.std)
     expected = torch.tensor([[spread, spread, 0.0], [-spread, -spread, -spread], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0],
@@ -28,6 +28,19 @@ def test_grpo_advantages_are_group_relative_and_masked() -> None:
     assert torch.count_nonzero(adv[2:4]) == 0  # a group with equal rewards learns nothing
     ref, _ = core_algos.compute_grpo_outcome_advantage(rewards.clone(), mask, index, norm_adv_by_std_in_grpo=True)
     assert torch.equal(adv, ref)
+
+
+def test_grpo_advantages_without_the_std_keep_the_rewards_scale() -> None:
+    # Group "a": every rollout wrong, rewards apart only by a cost term of 0.02; group "b": one
+    # right. Divided by the std, the cost gap weighs as much as the right answer (both +-0.71);
+    # without it each keeps its size (Dr. GRPO).
+    rewards = torch.tensor([[0.0, -0.01], [0.0, -0.03], [0.0, 1.0], [0.0, 0.0]])
+    mask = torch.ones(4, 2)
+    index = np.array(["a", "a", "b", "b"], dtype=object)
+    plain = rl_math.grpo_advantages(rewards.clone(), mask, index, norm_by_std=False)
+    scaled = rl_math.grpo_advantages(rewards.clone(), mask, index, norm_by_std=True)
+    assert torch.allclose(plain[:, 0], torch.tensor([0.01, -0.01, 0.5, -0.5]), atol=1e-6)
+    assert torch.allclose(scaled[:, 0], torch.tensor([1.0, -1.0, 1.0, -1.0]) / math.sqrt(2), atol=1e-4)
 
 
 def test_policy_loss_clips_the_ratio() -> None:
