@@ -29,7 +29,8 @@ evaluation last, so a killed bench resumes where it stopped and skips what is do
 Usage: python bench/router_quality.py [--seeds 0 1 2] [--alphas 0 0.6 0.9] [--unseen] [--steps N]
        [--reprice NAME=FACTOR ...] [--out .routerops/bench/router_quality]
 Needs the dataset stage's output (artifacts/dataset) and data/ (`make demo` builds both). About
-7 minutes per seed (warm start 5, GRPO 2) and 2.5 per extra alpha on an idle 2-core machine;
+10 minutes per seed (warm start 5.5, GRPO 3, evaluation 1) and 4 per extra alpha on an idle 2-core
+machine (2026-12-08);
 `--warm-start checkpoints/train_router` reuses the demo's warm start for the first seed, which then
 trains exactly the demo's router (the trainer reseeds before GRPO); more folders serve the next seeds.
 """

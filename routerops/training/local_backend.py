@@ -265,8 +265,8 @@ class LocalTrainer:
         `Bora Bora`, `Fa Faisla`. Copying one needs the position in the copy, not only the last
         token: after `4` in `1444` the reply goes on with `4` twice and then ends. Most of the
         demo router's missed copies dropped or doubled such a piece (`1444` -> `144`, `330` ->
-        `30`, `Payés` -> `Payé Payés`), while only 6 % of the other synthetic answers hold two
-        equal tokens in a row (issue 14)."""
+        `30`, `Payés` -> `Payé Payés`), while only 6 % of the drill answers without this kind hold
+        two equal tokens in a row (issue 14)."""
         kind = rng.random()
         if kind < 0.4:
             # A number with a run of one digit; thousands grouped half the time, a unit now and then.
@@ -297,7 +297,7 @@ class LocalTrainer:
         return " ".join(words)
 
     def copy_drills(self, tokenizer: HFTokenizer, n: int) -> list[tuple[list[int], list[int]]]:
-        """Short (information block, answer turn) pairs, ~30 tokens each.
+        """Short (information block, answer turn) pairs, ~56 tokens each.
 
         Copying an answer out of a reply needs an induction-style attention pattern; a 2-layer
         model forms it after ~20,000 such pairs, which full trajectories (~200 tokens) cannot give
@@ -588,9 +588,10 @@ def _lm_loss(model: CausalLM, batch: Sequence[tuple[Sequence[int], Sequence[int]
              pad: int) -> torch.Tensor:
     """Mean next-token cross-entropy over the masked response tokens.
 
-    The output layer runs on the positions the loss counts only: in a copy drill that is ~10 of a
-    batch's ~126 padded positions, and the output layer over all of them was ~40 % of a drill
-    step's time (1,024-token vocabulary, hidden size 128)."""
+    The output layer runs on the positions the loss counts only (the answer turns; a batch of 64
+    copy drills is padded to ~126 positions for a mean length of ~56): a step of 64 copy drills
+    took 280 ms instead of 370, one of 16 context drills 313 instead of 361 (2 cores,
+    bench/lm_loss_speed.py), with the same loss."""
     ids, attn, labels_mask = _pack([b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch], pad)
     head = model.get_output_embeddings()
     if head is None:
