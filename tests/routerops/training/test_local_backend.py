@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from routerops.candidates.replay import ReplayPool
 from routerops.candidates.types import QuestionInfo
-from routerops.config import load_params
+from routerops.config import Params, load_params
 from routerops.policy import extract_reply_answer
 from routerops.training.local_backend import DELEGATE_QUERY, LocalTrainer, _lr_factor
 from routerops.training.tiny_policy import train_tokenizer
@@ -16,12 +17,15 @@ QUESTIONS = [QuestionInfo(f"q{i}", f"who wrote the novel number {i} about rivers
              for i in range(40)]
 
 
+def _with_local(params: Params, **local: Any) -> Params:
+    """`params` with train_router.local's fields in `local` replaced."""
+    tp = params.train_router
+    return params.model_copy(update={"train_router": tp.model_copy(update={"local": tp.local.model_copy(update=local)})})
+
+
 @pytest.fixture(scope="module")
 def trainer(repo_root: Path, pool, tmp_path_factory) -> LocalTrainer:
-    params = load_params(repo_root / "params.yaml")
-    tp = params.train_router
-    params = params.model_copy(update={"train_router": tp.model_copy(update={
-        "local": tp.local.model_copy(update={"context_drill_tokens": 200, "drill_real_share": 0.25})})})
+    params = _with_local(load_params(repo_root / "params.yaml"), context_drill_tokens=200, drill_real_share=0.25)
     return LocalTrainer(params, pool, QUESTIONS, ReplayPool(None), tmp_path_factory.mktemp("ckpt"))
 
 
@@ -59,13 +63,11 @@ def test_repeat_answers_hold_a_repeated_piece_and_make_their_share_of_synthetic_
     assert len(set(repeats)) > 250  # made up afresh, not drawn from a short list
     assert sum(a.replace(",", "").isdigit() for a in repeats) > 60  # numbers, ~40 %
     # With drill_repeat_share 1 every synthetic answer is one of them; with 0 fewer hold a
-    # repeated piece than at params' 0.25 (the other kinds repeat a character now and then).
+    # repeated piece than at 0.25 (the other kinds repeat a character now and then).
     real = {a for q in QUESTIONS for a in q.golden_answers}
-    tp = trainer.params.train_router
     rates = []
     for share in (0.0, 0.25, 1.0):
-        params = trainer.params.model_copy(update={"train_router": tp.model_copy(update={
-            "local": tp.local.model_copy(update={"drill_repeat_share": share})})})
+        params = _with_local(trainer.params, drill_repeat_share=share)
         other = LocalTrainer(params, trainer.pool, QUESTIONS, ReplayPool(None), trainer.ckpt_dir)
         rng = random.Random(1)
         synthetic = [a for a in (other._drill_answer(rng) for _ in range(600)) if a not in real]
@@ -139,10 +141,7 @@ def test_fallback_is_the_next_listed_model_and_the_traces_ask_it_after_a_decline
 
 
 def test_random_fallback_asks_any_other_model(trainer, tok, pool) -> None:
-    tp = trainer.params.train_router
-    params = trainer.params.model_copy(update={"train_router": tp.model_copy(update={
-        "local": tp.local.model_copy(update={"fallback": "random"})})})
-    other = LocalTrainer(params, pool, QUESTIONS, ReplayPool(None), trainer.ckpt_dir)
+    other = LocalTrainer(_with_local(trainer.params, fallback="random"), pool, QUESTIONS, ReplayPool(None), trainer.ckpt_dir)
     pairs = [(t.calls[0].model, t.calls[1].model) for t in other.synthetic_trajectories(tok, 200) if len(t.calls) == 2]
     assert pairs and all(a != b for a, b in pairs)
     assert any(b != other.fallback_model(a) for a, b in pairs)  # not only the next listed one
